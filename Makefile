@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+GPAW_STAMP := $(VENV)/.gpaw
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export HF_HUB_OFFLINE := 1
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: demo test lint gpaw bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[all]'
+	touch $@
+
+# GPAW (a real DFT code used as a physics backend of the fake VASP): needs libxc and OpenBLAS.
+$(GPAW_STAMP): $(STAMP)
+	if ! dpkg -s libxc-dev libopenblas-dev >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libxc-dev libopenblas-dev >/dev/null; \
+	  else sudo apt-get install -y -qq libxc-dev libopenblas-dev >/dev/null; fi; fi
+	printf "mpi = False\nlibraries = ['xc', 'blas']\n" > $(VENV)/gpaw-siteconfig.py
+	CC=g++ GPAW_CONFIG=$(abspath $(VENV))/gpaw-siteconfig.py $(PIP) install --quiet -c constraints.txt gpaw
+	touch $@
+
+gpaw: $(GPAW_STAMP)
+
+demo: $(STAMP)
+	$(PY) -m finetuna_core.demo
+
+test: $(STAMP) $(GPAW_STAMP)
+	@status=0; $(PY) -m pytest || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
+	exit $$status
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vasp_interactive mock_vasp finetuna_core benchmarks tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all --quick
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

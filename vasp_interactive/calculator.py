@@ -1,0 +1,375 @@
+"""``VaspInteractive``: an ASE calculator that keeps one VASP process alive across ionic steps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+import weakref
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from ase.calculators.calculator import (
+    Calculator,
+    CalculatorSetupError,
+    PropertyNotImplementedError,
+    all_changes,
+)
+
+from .errors import RestartRefused, VaspOutputIncomplete, VaspSetupError
+from .outputs import OutcarFollower, VasprunFollower
+from .process import PauseReport, resolve_command
+from .protocol import Variant
+from .session import StepRecord, VaspSession
+from .settings import FORCED_TAGS, InteractiveSettings, PauseSettings, RestartPolicy, Timeouts
+
+COMMAND_VARIABLES = ("ASE_VASP_COMMAND", "VASP_COMMAND")
+_OWN_KEYWORDS = ("command", "directory", "txt", "settings", "timeouts", "pause", "restart")
+
+
+class _Holder:
+    """Holds the running session for the safety net, without keeping the calculator alive."""
+
+    def __init__(self) -> None:
+        self.session: VaspSession | None = None
+
+    def close(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
+
+
+def find_command(command: str | list[str] | None) -> list[str]:
+    """The VASP command from ``command=``, or ASE's configuration (ASE_VASP_COMMAND, VASP_COMMAND)."""
+    if command is None:
+        from ase.config import cfg
+
+        for name in COMMAND_VARIABLES:
+            if cfg.get(name):
+                command = cfg[name]
+                break
+        else:
+            if cfg.get("VASP_SCRIPT"):
+                raise VaspSetupError("VASP_SCRIPT is not supported by VaspInteractive: it needs a command "
+                                     "whose stdin and stdout are VASP's; set ASE_VASP_COMMAND instead")
+            raise VaspSetupError("no VASP command: pass command='mpirun -np 4 vasp_std' or set "
+                                 "ASE_VASP_COMMAND (or VASP_COMMAND)")
+    if isinstance(command, str) and any(mark in command.split() or mark in command for mark in (">", "|", "<")):
+        raise VaspSetupError(
+            f"the VASP command {command!r} redirects or pipes VASP's output; the interactive protocol needs "
+            "stdin and stdout. Remove the redirection (stdout is mirrored to txt=)"
+        )
+    return resolve_command(command)
+
+
+class VaspInteractive(Calculator):
+    """VASP in interactive mode behind ASE's calculator interface.
+
+    Accepts the VASP parameters of ASE's ``Vasp`` (``xc``, ``encut``, ``kpts``, ``isif``...), plus
+    ``command``, ``directory``, ``txt`` (stdout mirror: a path, ``'-'`` for stdout, or None), and
+    ``settings`` (:class:`InteractiveSettings`) or its parts ``timeouts``, ``pause``, ``restart``.
+
+    Use it as a context manager, or call ``close()``; a safety net stops VASP at interpreter exit
+    if neither happened. ``with calc.paused():`` stops VASP's ranks while Python works.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    name = "vasp_interactive"
+    ignored_changes = {"initial_charges"}
+
+    def __init__(self, command: str | list[str] | None = None, directory: str | os.PathLike = ".",
+                 txt: str | IO[str] | None = "vasp.out", settings: InteractiveSettings | None = None,
+                 timeouts: Timeouts | None = None, pause: PauseSettings | None = None,
+                 restart: RestartPolicy | None = None, **vasp_parameters: Any):
+        settings = settings or InteractiveSettings()
+        if timeouts is not None:
+            settings = replace(settings, timeouts=timeouts)
+        if pause is not None:
+            settings = replace(settings, pause=pause)
+        if restart is not None:
+            settings = replace(settings, restart=restart)
+        self.settings = settings
+        Calculator.__init__(self, directory=str(directory))
+        self.argv = find_command(command)
+        self.txt = txt
+        self.vasp_parameters = self._owned_parameters(dict(vasp_parameters))
+        self._input = self._make_input(self.vasp_parameters)
+        self._holder = _Holder()
+        self._finalizer = weakref.finalize(self, self._holder.close)
+        self._txt_handle: IO[str] | None = None
+        self._sort: list[int] = []
+        self._resort: list[int] = []
+        self._species: list[str] = []
+        self._outcar: OutcarFollower | None = None
+        self._vasprun: VasprunFollower | None = None
+        self._parameters_changed = False
+        self._known_variant = Variant.UNKNOWN
+        self.steps: list[StepRecord] = []
+        self._last_result = None
+        self.restarts = 0
+        self.call_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ parameters
+    def _owned_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Apply the tags this calculator must own, warning about each user value it replaces."""
+        lowered = {k.lower(): v for k, v in params.items()}
+        if lowered.get("interactive") is False:
+            raise VaspSetupError("interactive=False cannot work with VaspInteractive; use ase's Vasp")
+        for tag, (value, reason) in FORCED_TAGS.items():
+            given = lowered.get(tag)
+            if tag == "iwavpr" and given in (11, 12, 13):
+                continue  # in-memory prediction variants are all fine
+            if tag == "ibrion" and given == 11:
+                given = None
+            if given is not None and given != value:
+                warnings.warn(f"VaspInteractive sets {tag.upper()} = {value} (you gave {given}): {reason}",
+                              stacklevel=3)
+            lowered[tag] = value
+        nsw = lowered.get("nsw")
+        if nsw is None:
+            lowered["nsw"] = self.settings.nsw
+        elif nsw < 2:
+            raise VaspSetupError(f"NSW = {nsw} leaves VASP no budget for a second structure; "
+                                 "leave nsw unset (default 2000) or use ase's Vasp for single points")
+        if "isym" not in lowered:
+            lowered["isym"] = self.settings.isym
+        elif lowered["isym"] != 0:
+            warnings.warn(f"ISYM = {lowered['isym']}: VASP keeps the symmetry of the first structure; "
+                          "a move that breaks it gives wrong energies and forces (ISYM = 0 avoids this)",
+                          stacklevel=3)
+        for own in _OWN_KEYWORDS:
+            lowered.pop(own, None)
+        return lowered
+
+    @staticmethod
+    def _make_input(params: dict[str, Any]):
+        from ase.calculators.vasp.create_input import GenerateVaspInput
+
+        generator = GenerateVaspInput()
+        try:
+            generator.set(**params)
+        except (TypeError, ValueError, NotImplementedError) as error:
+            raise VaspSetupError(f"invalid VASP parameter: {error}") from error
+        return generator
+
+    def set(self, **kwargs):
+        changed = Calculator.set(self, **kwargs)
+        vasp = {k: v for k, v in kwargs.items() if k not in _OWN_KEYWORDS}
+        if vasp:
+            merged = dict(self.vasp_parameters)
+            merged.update({k.lower(): v for k, v in vasp.items()})
+            merged = self._owned_parameters(merged)
+            if merged != self.vasp_parameters:
+                self.vasp_parameters = merged
+                self._input = self._make_input(merged)
+                self._parameters_changed = True
+                self._last_result = None
+                self.reset()
+        return changed
+
+    @property
+    def isif(self) -> int:
+        value = self.vasp_parameters.get("isif")
+        return 2 if value is None else int(value)
+
+    # ------------------------------------------------------------------ ASE entry point
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        started = time.perf_counter()
+        Calculator.calculate(self, atoms, properties, system_changes)
+        atoms = self.atoms
+        changes = set(system_changes) - self.ignored_changes
+        session = self._holder.session
+        if not changes and self._last_result is not None and not self._parameters_changed:
+            # same structure, a property asked for later (stress): read it, no new ionic step
+            self._store(self._last_result, properties)
+            return
+        reason = self._restart_reason(changes, session)
+        if reason is None:
+            result = self._stream(atoms, "cell" in changes)
+        else:
+            result = self._start(atoms, reason)
+        self._store(result, properties)
+        self.call_seconds.append(time.perf_counter() - started)
+
+    def _restart_reason(self, changes: set[str], session: VaspSession | None) -> str | None:
+        if session is None or not session.usable:
+            if session is not None and session.exhausted:
+                return "nsw"
+            return "start" if session is None else "ended"
+        if self._parameters_changed:
+            return "parameters"
+        system = changes & {"numbers", "pbc", "initial_magmoms"}
+        if system:
+            return "system:" + ",".join(sorted(system))
+        if "cell" in changes and not self._can_stream_lattice(session):
+            return "cell"
+        return None
+
+    def _can_stream_lattice(self, session: VaspSession) -> bool:
+        mode = self.settings.stream_lattice
+        if mode == "no":
+            return False
+        variant = session.variant
+        if variant.streams_lattice or self._known_variant.streams_lattice:
+            return True
+        return mode == "yes" and variant in (Variant.CLASSIC, Variant.UNKNOWN)
+
+    # ------------------------------------------------------------------ starting and streaming
+    def _start(self, atoms, reason: str):
+        policy = self.settings.restart
+        if reason in ("cell",) or reason.startswith("system") or reason == "parameters":
+            action = policy.cell if reason == "cell" else policy.system
+            what = {"cell": "the cell changed and this VASP cannot stream a lattice",
+                    "parameters": "calculator parameters changed"}.get(reason, f"{reason[7:]} changed")
+            if action == "error":
+                raise RestartRefused(f"VASP would have to restart: {what} (restart policy says error)")
+            if policy.warn:
+                warnings.warn(f"VaspInteractive restarts VASP: {what}", stacklevel=4)
+        if reason == "ended" and policy.warn:
+            ended = self._holder.session.ended if self._holder.session else None
+            warnings.warn(f"VaspInteractive restarts VASP, which ended after its last result: {ended}",
+                          stacklevel=4)
+        self._close_session()
+        self._last_result = None
+        self._check_atoms(atoms)
+        directory = Path(self.directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if reason.startswith("system"):
+            with contextlib.suppress(OSError):
+                (directory / "WAVECAR").unlink()
+        self._input.initialize(atoms)
+        self._input.write_input(atoms, directory=str(directory))
+        self._sort = list(self._input.sort)
+        self._resort = list(self._input.resort)
+        self._species = [symbol for symbol, _ in self._input.symbol_count]
+        counts = [count for _, count in self._input.symbol_count]
+        self._outcar = OutcarFollower(directory / "OUTCAR")
+        self._vasprun = VasprunFollower(directory / "vasprun.xml")
+        session = VaspSession(self.argv, directory, self._species, counts, self.settings,
+                              txt=self._open_txt(directory),
+                              stop_with_signal=bool(self.vasp_parameters.get("ml_lmlff")))
+        self._holder.session = session
+        self._parameters_changed = False
+        if reason != "start":
+            self.restarts += 1
+        frac, cell = self._vasp_structure(atoms)
+        result = session.start(frac, cell)
+        self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
+        self.steps.append(session.records[-1])
+        return result
+
+    def _stream(self, atoms, cell_changed: bool):
+        session = self._holder.session
+        frac, cell = self._vasp_structure(atoms)
+        result = session.submit(frac, cell)
+        self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
+        self.steps.append(session.records[-1])
+        return result
+
+    def _vasp_structure(self, atoms) -> tuple[np.ndarray, np.ndarray]:
+        frac = atoms.cell.scaled_positions(atoms.positions)[self._sort]
+        return frac, np.array(atoms.cell)
+
+    @staticmethod
+    def _check_atoms(atoms) -> None:
+        from ase.calculators.vasp.vasp import check_atoms
+
+        try:
+            check_atoms(atoms)
+        except CalculatorSetupError as error:
+            raise VaspSetupError(str(error)) from error
+
+    def _open_txt(self, directory: Path) -> IO[str] | None:
+        if self._txt_handle is not None and self._txt_handle not in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):
+                self._txt_handle.close()
+        txt = self.txt
+        if txt is None:
+            self._txt_handle = None
+        elif txt == "-":
+            self._txt_handle = sys.stdout
+        elif isinstance(txt, (str, os.PathLike)):
+            path = Path(txt)
+            self._txt_handle = open(path if path.is_absolute() else directory / path, "a")
+        else:
+            self._txt_handle = txt
+        return self._txt_handle
+
+    # ------------------------------------------------------------------ results
+    def _store(self, result, properties) -> None:
+        self._last_result = result
+        self.results = {
+            "energy": result.energy_sigma0,
+            "free_energy": result.free_energy,
+            "forces": result.forces[self._resort],
+        }
+        if "stress" in properties:
+            self.results["stress"] = self._stress(result.step)
+
+    def _stress(self, step: int) -> np.ndarray:
+        if self.isif < 1:
+            raise PropertyNotImplementedError("ISIF = 0: VASP computes no stress; set isif=2 (or 3)")
+        for follower in (self._outcar, self._vasprun):
+            if follower is None:
+                continue
+            follower.update()
+            if step in follower.stress:
+                return follower.stress[step]
+        raise VaspOutputIncomplete(
+            f"the stress of ionic step {step} is not in OUTCAR or vasprun.xml yet: this VASP build writes "
+            "its files in blocks while it waits for input. Stress cannot be streamed with it; rebuild VASP "
+            "with unbuffered output (e.g. FORT_BUFFERED=false / GFORTRAN_UNBUFFERED_ALL=1) or avoid cell "
+            "relaxations", directory=str(self.directory))
+
+    # ------------------------------------------------------------------ pausing and closing
+    @property
+    def session(self) -> VaspSession | None:
+        return self._holder.session
+
+    def pause(self) -> PauseReport:
+        session = self._holder.session
+        if session is None:
+            return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
+        return session.pause()
+
+    def resume(self) -> PauseReport:
+        session = self._holder.session
+        if session is None:
+            return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
+        return session.resume()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[PauseReport]:
+        """Stop VASP's ranks for the duration of the block (they use no CPU meanwhile)."""
+        report = self.pause()
+        try:
+            yield report
+        finally:
+            if report.paused:
+                self.resume()
+
+    def _close_session(self) -> None:
+        self._holder.close()
+
+    def close(self) -> None:
+        """Stop VASP (clean STOPCAR stop when possible, keeping WAVECAR). Safe to call twice."""
+        self._close_session()
+        if self._txt_handle is not None and self._txt_handle not in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):
+                self._txt_handle.close()
+        self._txt_handle = None
+
+    def __enter__(self) -> VaspInteractive:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _variant_rank(variant: Variant) -> int:
+    return {Variant.UNKNOWN: 0, Variant.CLASSIC: 1, Variant.LATTICE_PATCH: 2, Variant.POSCAR_RECORD: 2}[variant]

@@ -1,0 +1,406 @@
+"""Launching, signalling, pausing and reaping the VASP process tree. One job per class.
+
+* VASP starts in its own session (``start_new_session``), so every process it spawns, MPI ranks
+  included, can be found by session id even after the launcher dies.
+* On Linux the launcher gets a parent-death signal (SIGTERM) tied to a long-lived daemon thread,
+  so a Python driver killed with SIGKILL leaves nothing running.
+* Pausing stops the ranks (SIGTSTP through Open MPI's launcher, SIGSTOP to each local process, or
+  ``scancel --signal`` on a Slurm step) and checks that they really stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import VaspStartError
+from .settings import PauseSettings
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl() -> Callable | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl() if os.name == "posix" and os.uname().sysname == "Linux" else None
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None] | None:
+    if _PRCTL is None:
+        return None
+
+    def setup() -> None:  # runs in the child between fork and exec: keep it minimal
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+class _LauncherThread:
+    """Runs ``Popen`` in one daemon thread that lives as long as the interpreter.
+
+    The parent-death signal fires when the *thread* that forked the child ends, so launching
+    from a short-lived worker thread (Dask, a thread pool) would kill VASP when that thread exits.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            function, reply = self._jobs.get()
+            try:
+                reply.put((True, function()))
+            except BaseException as error:  # noqa: BLE001 - handed back to the caller
+                reply.put((False, error))
+
+    def run(self, function: Callable):
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vasp-launcher", daemon=True)
+                self._thread.start()
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._jobs.put((function, reply))
+        ok, value = reply.get()
+        if ok:
+            return value
+        raise value
+
+
+_LAUNCHER = _LauncherThread()
+
+
+def resolve_command(command: str | Sequence[str]) -> list[str]:
+    """Split a command and check that its executable exists, before anything expensive starts."""
+    import shlex
+
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise VaspStartError("the VASP command is empty; pass command= or set ASE_VASP_COMMAND")
+    if shutil.which(argv[0]) is None:
+        raise VaspStartError(
+            f"VASP command not found: '{argv[0]}' (from {' '.join(argv)!r}); pass command= to the "
+            "calculator or set ASE_VASP_COMMAND / VASP_COMMAND to a command that exists on PATH"
+        )
+    return argv
+
+
+class VaspProcess:
+    """One launched VASP command (launcher and ranks) in its own session."""
+
+    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str] | None = None):
+        self.argv = list(argv)
+        self.directory = Path(directory)
+        self.env = env
+        self.popen: subprocess.Popen | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        parent = os.getpid()
+
+        def launch() -> subprocess.Popen:
+            return subprocess.Popen(
+                self.argv,
+                cwd=self.directory,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_child_setup(parent),
+                bufsize=0,
+            )
+
+        try:
+            self.popen = _LAUNCHER.run(launch)
+        except OSError as error:
+            raise VaspStartError(f"could not launch {' '.join(self.argv)!r}: {error}") from error
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def write(self, text: str) -> None:
+        assert self.popen is not None and self.popen.stdin is not None
+        self.popen.stdin.write(text.encode())
+        self.popen.stdin.flush()
+
+    # -- the process tree -------------------------------------------------------------
+    def session_processes(self) -> list[psutil.Process]:
+        """Every live process of VASP's session: launcher, helpers and ranks (even orphaned)."""
+        if self.popen is None:
+            return []
+        found: dict[int, psutil.Process] = {}
+        try:
+            root = psutil.Process(self.pid)
+            found[root.pid] = root
+            for child in root.children(recursive=True):
+                found[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+        for process in psutil.process_iter():
+            try:
+                if process.pid not in found and os.getsid(process.pid) == self.pid:
+                    found[process.pid] = process
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return [p for p in found.values() if _is_alive(p)]
+
+    def rank_processes(self) -> list[psutil.Process]:
+        """The local compute processes: those of the session that spawned nothing themselves."""
+        processes = self.session_processes()
+        parents = set()
+        for process in processes:
+            try:
+                parents.add(process.ppid())
+            except psutil.Error:
+                continue
+        leaves = [p for p in processes if p.pid not in parents]
+        return leaves or processes
+
+    def signal_session(self, signum: int) -> None:
+        """Send ``signum`` to the whole session (the launcher's group and every rank's group)."""
+        for process in self.session_processes():
+            try:
+                process.send_signal(signum)
+            except psutil.Error:
+                continue
+
+    def terminate(self, grace: float) -> int | None:
+        """SIGTERM the session, then SIGKILL what is left (captured before anything died); reap."""
+        if self.popen is None:
+            return None
+        captured = self.session_processes()
+        for process in captured:
+            try:
+                process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            except psutil.Error:
+                pass
+        if self.alive:
+            self.signal_session(signal.SIGTERM)
+        _, alive = psutil.wait_procs([p for p in captured if p.pid != self.pid], timeout=0)
+        deadline = time.monotonic() + grace
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        remaining = max(0.0, deadline - time.monotonic())
+        _, alive = psutil.wait_procs([p for p in captured if p.pid != self.pid], timeout=remaining)
+        leftovers = alive + [p for p in self.session_processes() if p not in alive]
+        if self.alive:
+            leftovers.append(psutil.Process(self.pid))
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        self.reap(grace)
+        psutil.wait_procs([p for p in leftovers if p.pid != self.pid], timeout=grace)
+        return self.returncode
+
+    def reap(self, timeout: float) -> int | None:
+        """Collect the launcher's exit status (only ``Popen`` reaps it, so the code stays true)."""
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(timeout=timeout)
+
+    def close_pipes(self) -> None:
+        if self.popen is None:
+            return
+        for stream in (self.popen.stdin,):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# ---------------------------------------------------------------------------- pausing
+@dataclass(frozen=True)
+class PauseReport:
+    """What a pause or resume did, stated honestly."""
+
+    paused: bool
+    strategy: str
+    verified: bool
+    ranks_stopped: int
+    ranks_seen: int
+    seconds: float
+    note: str = ""
+
+
+class PauseStrategy(ABC):
+    name = "abstract"
+
+    @abstractmethod
+    def pause(self, process: VaspProcess) -> None: ...
+
+    @abstractmethod
+    def resume(self, process: VaspProcess) -> None: ...
+
+
+class OpenMpiLauncherSignal(PauseStrategy):
+    """SIGTSTP to Open MPI's ``mpirun``, which stops its ranks with SIGSTOP; SIGCONT resumes."""
+
+    name = "openmpi"
+
+    def pause(self, process: VaspProcess) -> None:
+        os.kill(process.pid, signal.SIGTSTP)
+
+    def resume(self, process: VaspProcess) -> None:
+        os.kill(process.pid, signal.SIGCONT)
+
+
+class LocalProcessSignal(PauseStrategy):
+    """SIGSTOP / SIGCONT to every local process of the run (any launcher, this node only)."""
+
+    name = "psutil"
+
+    def pause(self, process: VaspProcess) -> None:
+        for rank in process.rank_processes():
+            try:
+                rank.suspend()
+            except psutil.Error:
+                continue
+
+    def resume(self, process: VaspProcess) -> None:
+        for member in process.session_processes():
+            try:
+                member.resume()
+            except psutil.Error:
+                continue
+
+
+class SlurmStepSignal(PauseStrategy):
+    """``scancel --signal=STOP|CONT <job>.<step>`` for ranks that may live on other nodes."""
+
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+
+    def _find_step(self, process: VaspProcess) -> str:
+        if self.step is None:
+            job = os.environ.get("SLURM_JOB_ID")
+            output = subprocess.run(
+                ["squeue", "--noheader", "--steps", "--jobs", str(job), "--format=%i"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout.split()
+            steps = [s for s in output if "." in s and s.split(".")[1].isdigit()]
+            if not steps:
+                raise RuntimeError(f"no Slurm step of job {job} found by squeue")
+            self.step = max(steps, key=lambda s: int(s.split(".")[1]))
+        return self.step
+
+    def _signal(self, process: VaspProcess, name: str) -> None:
+        subprocess.run(["scancel", f"--signal={name}", self._find_step(process)],
+                       capture_output=True, text=True, timeout=30, check=True)
+
+    def pause(self, process: VaspProcess) -> None:
+        self._signal(process, "STOP")
+
+    def resume(self, process: VaspProcess) -> None:
+        self._signal(process, "CONT")
+
+
+def choose_strategy(process: VaspProcess, settings: PauseSettings) -> PauseStrategy | None:
+    method = settings.method
+    if method == "none":
+        return None
+    if method == "slurm" or (method == "auto" and _uses_slurm(process.argv)):
+        return SlurmStepSignal()
+    if method == "openmpi" or (method == "auto" and _is_open_mpi_launcher(process)):
+        return OpenMpiLauncherSignal()
+    return LocalProcessSignal()
+
+
+def _uses_slurm(argv: Sequence[str]) -> bool:
+    return Path(argv[0]).name == "srun" and "SLURM_JOB_ID" in os.environ and shutil.which("scancel") is not None
+
+
+def _is_open_mpi_launcher(process: VaspProcess) -> bool:
+    try:
+        name = psutil.Process(process.pid).name()
+    except psutil.Error:
+        return False
+    return name in ("prterun", "orterun", "mpirun", "mpiexec") and _open_mpi_flavour(process.argv[0])
+
+
+def _open_mpi_flavour(launcher: str) -> bool:
+    path = shutil.which(launcher)
+    if path is None:
+        return False
+    real = os.path.realpath(path)
+    if os.path.basename(real) in ("prterun", "orterun"):
+        return True
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Open MPI" in version or "OpenRTE" in version or "PRRTE" in version
+
+
+def stopped_ranks(process: VaspProcess) -> tuple[int, int]:
+    ranks = process.rank_processes()
+    stopped = 0
+    for rank in ranks:
+        try:
+            if rank.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                stopped += 1
+        except psutil.Error:
+            continue
+    return stopped, len(ranks)
+
+
+def wait_for_rank_state(process: VaspProcess, want_stopped: bool, timeout: float) -> tuple[int, int]:
+    """Poll the local ranks' scheduler state (there is no event for another process stopping)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        stopped, seen = stopped_ranks(process)
+        done = stopped == seen if want_stopped else stopped == 0
+        if done or time.monotonic() >= deadline:
+            return stopped, seen
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)

@@ -1,0 +1,269 @@
+"""VASP's interactive stdout protocol as a pure state machine over lines.
+
+``StreamParser.feed(line)`` returns the events the line completes; no I/O, no clocks. It knows
+every variant of the protocol (vasp-facts section 3) by the prompt text and never counts echo
+lines: after the client's input it waits for the matching ``read from stdin`` marker.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from .errors import VaspProtocolError, classify
+
+
+class PromptKind(str, Enum):
+    POSITIONS = "POSITIONS: reading from stdin"
+    POSITIONS_AND_LATTICE = "POSITIONS AND LATTICE: reading from stdin"
+    LATTICE = "LATTICE: reading from stdin"
+
+
+ACCEPTED = {
+    "POSITIONS: read from stdin": PromptKind.POSITIONS,
+    "POSITIONS AND LATTICE: read from stdin": PromptKind.POSITIONS_AND_LATTICE,
+    "LATTICE: read from stdin": PromptKind.LATTICE,
+}
+
+
+class Variant(str, Enum):
+    """What VASP wants after a POSITIONS prompt, learnt from the prompts it prints."""
+
+    UNKNOWN = "unknown"
+    CLASSIC = "classic"  # positions only (<= 6.3, or >= 6.4.1 with ISIF < 3)
+    LATTICE_PATCH = "lattice-patch"  # positions, then a LATTICE prompt
+    POSCAR_RECORD = "poscar-record"  # >= 6.4.1 with ISIF >= 3: a whole POSCAR record
+
+    @property
+    def streams_lattice(self) -> bool:
+        return self in (Variant.LATTICE_PATCH, Variant.POSCAR_RECORD)
+
+
+# events -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VersionSeen:
+    version: str
+
+
+@dataclass(frozen=True)
+class ScfIteration:
+    algorithm: str
+    index: int
+    energy: float
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One ionic step as read from stdout (forces in VASP's order)."""
+
+    step: int
+    free_energy: float
+    energy_sigma0: float
+    forces: np.ndarray
+    scf_iterations: int
+    magnetization: float | None = None
+    scf_energies: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    kind: PromptKind
+
+
+@dataclass(frozen=True)
+class InputAccepted:
+    kind: PromptKind
+
+
+@dataclass(frozen=True)
+class HardStop:
+    pass
+
+
+@dataclass(frozen=True)
+class SoftStop:
+    pass
+
+
+@dataclass(frozen=True)
+class ScfNotConverged:
+    step: int
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    error: type
+    message: str
+    hint: str
+
+
+class Phase(str, Enum):
+    STARTUP = "startup"
+    RUNNING = "running"  # electronic steps of an ionic step
+    FORCES = "forces"  # inside the FORCES: block
+    AWAITING_ENERGY = "awaiting-energy"  # forces read, F= line expected
+    PROMPTED = "prompted"  # VASP waits for the client
+    ACKNOWLEDGING = "acknowledging"  # input sent, waiting for "read from stdin"
+    ACCEPTED = "accepted"  # VASP confirmed the input; a LATTICE prompt or the next step follows
+    ENDING = "ending"  # after the last result, VASP writes files and exits
+
+
+_VERSION = re.compile(r"\bvasp\.(\S+)")
+_SCF = re.compile(r"^\s*(DAV|RMM|CG|EDIAG|DIA|SDA|DMP|CGA|ALG):\s*(\d+)\s+(\S+)")
+_ENERGY = re.compile(
+    r"^\s*(\d+)\s+F=\s*(\S+)\s+E0=\s*(\S+)\s+d\s*E\s*=\s*(\S+)(?:\s+mag=\s*(\S+))?\s*$"
+)
+_NELM = "electronic self-consistency was not achieved"
+
+
+def fortran_float(text: str) -> float:
+    """A Fortran real (``-.62323928E+01``, ``1.0D-03``, ``0.5+100``); raises ValueError."""
+    cleaned = text.strip().replace("D", "E").replace("d", "e")
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[-+]\d{3}", cleaned):  # exponent without 'E'
+        cleaned = re.sub(r"([-+]\d{3})$", r"E\1", cleaned)
+    value = float(cleaned)
+    if not np.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+@dataclass
+class StreamParser:
+    """Turns VASP's stdout lines into protocol events."""
+
+    natoms: int
+    phase: Phase = Phase.STARTUP
+    variant: Variant = Variant.UNKNOWN
+    version: str | None = None
+    _forces: list[list[float]] = field(default_factory=list)
+    _scf_energies: list[float] = field(default_factory=list)
+    _pending_forces: np.ndarray | None = None
+    _last_prompt: PromptKind | None = None
+
+    def expect_input_sent(self) -> None:
+        """The client has answered the prompt; the next marker must acknowledge it."""
+        if self.phase is not Phase.PROMPTED:
+            raise VaspProtocolError(f"input sent while VASP is not waiting for it (phase {self.phase.value})")
+        self.phase = Phase.ACKNOWLEDGING
+
+    def feed(self, line: str) -> list[object]:
+        text = line.rstrip("\r\n")
+        stripped = text.strip()
+        if self.phase is Phase.FORCES:
+            return self._force_line(stripped)
+
+        events: list[object] = []
+        if self.version is None and (match := _VERSION.search(text)):
+            self.version = match.group(1)
+            events.append(VersionSeen(self.version))
+            return events
+
+        known = classify(text)
+        if known is not None:
+            error, message, hint = known
+            events.append(ErrorMessage(error, message, hint))
+            return events
+
+        if stripped in ACCEPTED:
+            return self._accepted(ACCEPTED[stripped])
+        if stripped.endswith("reading from stdin"):
+            return self._prompt(stripped)
+
+        if match := _SCF.match(text):
+            if self.phase in (Phase.STARTUP, Phase.ACCEPTED):
+                self.phase = Phase.RUNNING
+            if self.phase is Phase.RUNNING:
+                try:
+                    energy = fortran_float(match.group(3))
+                except ValueError:
+                    raise VaspProtocolError(f"unreadable electronic-step line: {text!r}") from None
+                self._scf_energies.append(energy)
+                events.append(ScfIteration(match.group(1), int(match.group(2)), energy))
+            return events
+        if stripped == "FORCES:":
+            if self.phase not in (Phase.RUNNING, Phase.STARTUP):
+                raise VaspProtocolError(f"FORCES block in an unexpected place (phase {self.phase.value})")
+            self.phase = Phase.FORCES
+            self._forces = []
+            return events
+        if " F=" in text and "E0=" in text:
+            return self._energy_line(text)
+        if "hard stop encountered" in stripped:
+            events.append(HardStop())
+        elif "soft stop encountered" in stripped:
+            events.append(SoftStop())
+        elif _NELM in stripped:
+            events.append(ScfNotConverged(0))
+        return events
+
+    # -- pieces --------------------------------------------------------------------------
+    def _force_line(self, stripped: str) -> list[object]:
+        words = stripped.split()
+        try:
+            if len(words) != 3:
+                raise ValueError
+            self._forces.append([fortran_float(w) for w in words])
+        except ValueError:
+            raise VaspProtocolError(
+                f"malformed line {len(self._forces) + 1} of {self.natoms} in the FORCES block: {stripped!r} "
+                "(garbage on stdout, or a force too large for VASP's format)"
+            ) from None
+        if len(self._forces) == self.natoms:
+            self._pending_forces = np.array(self._forces)
+            self.phase = Phase.AWAITING_ENERGY
+        return []
+
+    def _energy_line(self, text: str) -> list[object]:
+        match = _ENERGY.match(text)
+        if match is None:
+            raise VaspProtocolError(f"unreadable energy line: {text!r}")
+        if self.phase is not Phase.AWAITING_ENERGY or self._pending_forces is None:
+            raise VaspProtocolError(f"energy line without a FORCES block before it: {text!r}")
+        try:
+            free, sigma0 = fortran_float(match.group(2)), fortran_float(match.group(3))
+            magnetization = fortran_float(match.group(5)) if match.group(5) else None
+        except ValueError:
+            raise VaspProtocolError(f"unreadable number in the energy line: {text!r}") from None
+        result = StepResult(
+            step=int(match.group(1)),
+            free_energy=free,
+            energy_sigma0=sigma0,
+            forces=self._pending_forces,
+            scf_iterations=len(self._scf_energies),
+            magnetization=magnetization,
+            scf_energies=tuple(self._scf_energies),
+        )
+        self._pending_forces = None
+        self._scf_energies = []
+        self.phase = Phase.ENDING
+        return [result]
+
+    def _prompt(self, stripped: str) -> list[object]:
+        try:
+            kind = PromptKind(stripped)
+        except ValueError:
+            raise VaspProtocolError(
+                f"unknown prompt {stripped!r}: this VASP speaks a protocol variant this driver does not know"
+            ) from None
+        if kind is PromptKind.LATTICE:
+            if self.phase is not Phase.ACCEPTED or self._last_prompt is not PromptKind.POSITIONS:
+                raise VaspProtocolError("LATTICE prompt without a POSITIONS exchange just before it")
+            self.variant = Variant.LATTICE_PATCH
+        elif self.phase is not Phase.ENDING:
+            raise VaspProtocolError(f"prompt {stripped!r} before VASP delivered forces and energy")
+        elif kind is PromptKind.POSITIONS_AND_LATTICE:
+            self.variant = Variant.POSCAR_RECORD
+        elif self.variant is Variant.UNKNOWN:
+            self.variant = Variant.CLASSIC  # may still turn out to be the lattice patch
+        self._last_prompt = kind
+        self.phase = Phase.PROMPTED
+        return [Prompt(kind)]
+
+    def _accepted(self, kind: PromptKind) -> list[object]:
+        if self.phase is not Phase.ACKNOWLEDGING or kind is not self._last_prompt:
+            raise VaspProtocolError(f"{kind.value.replace('reading', 'read')!r} without matching input")
+        self.phase = Phase.ACCEPTED
+        return [InputAccepted(kind)]
