@@ -113,6 +113,7 @@ class MockSettings:
     backend_options: dict[str, Any] = field(default_factory=dict)
     block_buffered: bool = False  # emulate the 8 KiB-block file flushing of some 5.4.4 builds
     scf_seconds: float = 0.0  # real work per electronic step and rank, to emulate a costly SCF
+    profile: bool = False  # write per-step timings to mock_vasp.profile.jsonl (benchmarks)
     faults: Faults = field(default_factory=Faults)
 
     @property

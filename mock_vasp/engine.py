@@ -16,7 +16,7 @@ from .backend import Backend, PhysicsResult
 from .config import ERROR_MESSAGES, MockSettings
 from .electrons import ElectronicMemory, SavedWavefunction, read_wavecar, write_wavecar
 from .errors import MockVaspError
-from .fortran import SCF_HEADER, energy_line, scf_line, vector_line
+from .fortran import SCF_HEADER, energy_line, scf_line, vector_block, vector_line
 from .incar import Incar
 from .interactive import StdinReader, read_client_input
 from .job import Job
@@ -25,7 +25,7 @@ from .outcar import OutcarWriter
 from .outfiles import IonicResult, Oszicar, atomic_write
 from .poscar import format_poscar
 from .relax import make_optimizer
-from .scf import Geometry, ScfLine, ScfSolver
+from .scf import Geometry, PairCache, ScfLine, ScfSolver
 from .vasprun import VasprunWriter
 
 KBAR_PER_EV_A3 = 1602.1766208
@@ -84,6 +84,11 @@ class Run:
         self.stop: str | None = None
         self.last: IonicResult | None = None
         self._last_scf_energy: float | None = None
+        self._profile = None
+        self._pairs = PairCache()
+        self._timings: dict[str, float] = {}
+        if comm.is_root and settings.profile:
+            self._profile = open(job.directory / "mock_vasp.profile.jsonl", "w")
         self.started = time.perf_counter()
         restart = None
         if job.istart > 0:
@@ -194,9 +199,11 @@ class Run:
             received = None
             if self.comm.is_root:
                 self.sync_files()
+                self._write_profile()
                 received = read_client_input(self.variant, self.reader, self.out, self.frac, self.lattice,
                                              job.structure.species, job.structure.counts)
             self.frac, self.lattice = self.comm.bcast(received)
+            self._timings = {"input_read": time.perf_counter()}
             if self.comm.bcast(self.stop is not None):
                 return
 
@@ -287,7 +294,8 @@ class Run:
     def _model_step(self, symbols, frac, lattice):
         """The SCF model: every rank iterates; rank 0 computes the physics and prints."""
         job, faults = self.job, self.faults
-        geometry = Geometry(symbols, frac @ lattice, lattice)
+        clock = time.perf_counter()
+        geometry = Geometry(symbols, frac @ lattice, lattice, cache=self._pairs)
         params = job.scf
         if faults.no_convergence_from_step and self.step >= faults.no_convergence_from_step:
             params = replace(params, noise=0.05)
@@ -295,9 +303,12 @@ class Run:
             params = replace(params, nelmdl=0)  # negative NELMDL: only at the first ionic step
         solver = ScfSolver(geometry, params, self.comm, charge=job.zval_total - job.nelect)
         guess, note = self.memory.start(frac, lattice)
+        setup = time.perf_counter() - clock
         physics: PhysicsResult | None = None
         if self.comm.is_root:
+            clock = time.perf_counter()
             physics = self.backend.compute(symbols, frac @ lattice, lattice, job.stress_requested)
+            self._timings["physics"] = time.perf_counter() - clock
             self._begin_scf(note)
         base = physics.energy if physics is not None else 0.0
         lines: list[ScfLine] = []
@@ -310,7 +321,9 @@ class Run:
                 abort = self._emit(shown)
             return bool(self.comm.bcast(abort))
 
+        clock = time.perf_counter()
         outcome = solver.run(guess, after_line, self._work)
+        self._timings["scf_model"] = setup + time.perf_counter() - clock
         outcome.lines = lines
         self.memory.remember(frac, lattice, solver.q_star)
         return physics, outcome, float(np.mean(geometry.chi))
@@ -335,6 +348,17 @@ class Run:
         self.comm.barrier()
         return physics, outcome, 0.0
 
+    def _write_profile(self) -> None:
+        """One JSON line per step: time from input read to prompt, and what the physics took."""
+        if self._profile is None:
+            return
+        import json
+
+        record = {"step": self.step, "prompt": time.perf_counter(), "natoms": self.job.natoms,
+                  "scf_iterations": len(self.last.scf_lines) if self.last else 0, **self._timings}
+        self._profile.write(json.dumps(record) + "\n")
+        self._profile.flush()
+
     def _magnetization(self) -> float | None:
         if self.job.ispin != 2:
             return None
@@ -345,10 +369,13 @@ class Run:
         faults = self.faults
         garbage = faults.garbage_at_step == self.step
         self.say("FORCES:")
+        if not garbage:
+            self.out.write(vector_block(result.forces))
+            return
         for k, force in enumerate(result.forces):
-            if garbage and faults.garbage == "noise" and k == len(result.forces) // 2:
+            if faults.garbage == "noise" and k == len(result.forces) // 2:
                 self.say("\x1b[0m#@!& 0xDEADBEEF ~~~ MPI_ABORT was invoked on rank 3 ~~~")
-            if garbage and faults.garbage == "overflow" and k == 0:
+            if faults.garbage == "overflow" and k == 0:
                 self.say("  ************" + vector_line(force[1:]))
                 continue
             self.say(vector_line(force))

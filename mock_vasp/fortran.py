@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def fortran_e(value: float, width: int, digits: int) -> str:
     """Fortran ``Ew.d``: mantissa in [0.1, 1), e.g. -0.502267845488E+01 (leading 0 dropped if tight)."""
@@ -68,3 +70,20 @@ def energy_line(step: int, free_energy: float, e0: float, de: float, magnetizati
 def vector_line(values) -> str:
     """One ``3F14.7`` line (forces, echoed positions)."""
     return "".join(fortran_f(float(v), 14, 7) for v in values)
+
+
+def block(rows, fmt: str, prefix: str = "", suffix: str = "\n") -> str:
+    """Format an (N, k) array with one C-level ``%`` call: ``prefix + fmt % row + suffix`` per row."""
+    array = np.asarray(rows, dtype=float)
+    if array.size == 0:
+        return ""
+    line = prefix + fmt + suffix
+    return (line * len(array)) % tuple(array.ravel())
+
+
+def vector_block(rows) -> str:
+    """Rows of ``3F14.7`` (forces, echoed positions), asterisks where a value overflows."""
+    array = np.asarray(rows, dtype=float)
+    if np.all(np.isfinite(array)) and np.abs(array).max(initial=0.0) < 1e6:
+        return block(array, "%14.7f%14.7f%14.7f")
+    return "".join(vector_line(row) + "\n" for row in array)

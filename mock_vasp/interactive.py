@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import Variant
 from .errors import ProtocolInputError
-from .fortran import vector_line
+from .fortran import vector_block
 
 PROMPT = {
     Variant.CLASSIC: "POSITIONS: reading from stdin",
@@ -86,8 +86,8 @@ def read_client_input(variant: Variant, reader: StdinReader, out: TextIO, frac: 
     else:
         new_frac = reader.floats(3 * n).reshape(n, 3)
     if variant in (Variant.CLASSIC, Variant.LATTICE_PATCH):
-        out.write("".join(vector_line(row) + "\n" for row in new_frac))
-        out.write("".join(vector_line(row) + "\n" for row in frac))
+        out.write(vector_block(new_frac))
+        out.write(vector_block(frac))
     elif variant is Variant.COUNT_LINE:
         out.write(f"{n:12d}\n")
     out.write(DONE[variant] + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import EmulatedVersion
-from .fortran import fortran_e
+from .fortran import block, fortran_e
 from .job import Job
 from .outfiles import BlockFile, IonicResult
 from .scf import ScfLine
@@ -184,8 +184,7 @@ class OutcarWriter:
         w(_lattice_block(result.lattice))
         w("\n\n POSITION                                       TOTAL-FORCE (eV/Angst)\n")
         w(" " + "-" * 83 + "\n")
-        for position, force in zip(result.cartesian, result.forces):
-            w("".join(f"{x:13.5f}" for x in position) + "   " + "".join(f"{x:14.6f}" for x in force) + "\n")
+        w(block(np.hstack([result.cartesian, result.forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f"))
         w(" " + "-" * 83 + "\n")
         drift = result.forces.sum(axis=0)
         w("    total drift:                         " + "".join(f"{x:14.6f}" for x in drift) + "\n\n\n")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .fortran import block
 
 
 @dataclass
@@ -137,9 +138,9 @@ def format_poscar(structure: Structure, frac: np.ndarray | None = None) -> str:
     if structure.selective is not None:
         out.append("Selective dynamics")
     out.append("Direct")
-    for k, row in enumerate(frac):
-        line = "".join(f"{x:20.16f}" for x in row)
-        if structure.selective is not None:
-            line += "".join("   T" if f else "   F" for f in structure.selective[k])
-        out.append(line)
-    return "\n".join(out) + "\n"
+    text = "\n".join(out) + "\n"
+    if structure.selective is None:
+        return text + block(frac, "%20.16f%20.16f%20.16f")
+    flags = ["".join("   T" if f else "   F" for f in row) for row in structure.selective]
+    rows = block(frac, "%20.16f%20.16f%20.16f").splitlines()
+    return text + "".join(row + flag + "\n" for row, flag in zip(rows, flags))

@@ -101,16 +101,43 @@ class ScfOutcome:
     lines: list[ScfLine] = field(default_factory=list)
 
 
+class PairCache:
+    """Neighbour pairs within the kernel cutoff, rebuilt only when atoms moved more than skin/2.
+
+    Interactive steps move atoms by hundredths of an Angstrom: the pair list (with periodic
+    image shifts) is reused and only the distances are recomputed, which keeps the model cheap.
+    """
+
+    def __init__(self, skin: float = 1.0):
+        self.skin = skin
+        self._key: tuple | None = None
+        self._reference: np.ndarray | None = None
+        self._i = self._j = self._shift = None
+
+    def pairs(self, symbols: list[str], cartesian: np.ndarray, lattice: np.ndarray, pbc=True):
+        key = (len(symbols), tuple(np.round(lattice, 10).ravel()))
+        moved = np.inf if self._reference is None or key != self._key else \
+            float(np.linalg.norm(cartesian - self._reference, axis=1).max(initial=0.0))
+        if moved > 0.5 * self.skin:
+            from ase import Atoms
+            from ase.neighborlist import neighbor_list
+
+            atoms = Atoms(symbols=symbols, positions=cartesian, cell=lattice, pbc=pbc)
+            self._i, self._j, self._shift = neighbor_list("ijS", atoms, KERNEL_CUTOFF + self.skin)
+            self._shift = self._shift @ lattice
+            self._key, self._reference = key, cartesian.copy()
+        distance = np.linalg.norm(cartesian[self._j] - cartesian[self._i] + self._shift, axis=1)
+        inside = distance < KERNEL_CUTOFF
+        return self._i[inside], self._j[inside], distance[inside]
+
+
 class Geometry:
     """The geometry-dependent Hamiltonian of the model: hardness matrix and electronegativities."""
 
-    def __init__(self, symbols: list[str], cartesian: np.ndarray, lattice: np.ndarray, pbc=True):
-        from ase import Atoms
-        from ase.neighborlist import neighbor_list
-
+    def __init__(self, symbols: list[str], cartesian: np.ndarray, lattice: np.ndarray, pbc=True,
+                 cache: PairCache | None = None):
         n = len(symbols)
-        atoms = Atoms(symbols=symbols, positions=cartesian, cell=lattice, pbc=pbc)
-        i, j, d = neighbor_list("ijd", atoms, KERNEL_CUTOFF)
+        i, j, d = (cache or PairCache()).pairs(symbols, cartesian, lattice, pbc)
         kernel = np.zeros((n, n))
         np.add.at(kernel, (i, j), np.exp(-0.5 * (d / KERNEL_WIDTH) ** 2))
         coordination = kernel.sum(axis=1)
@@ -123,9 +150,7 @@ class Geometry:
 
     def ground_state(self, charge: float = 0.0) -> np.ndarray:
         """Bond charges minimising 1/2 q^T H q + chi^T q with sum(q) = charge."""
-        ones = np.ones(self.n)
-        h_chi = np.linalg.solve(self.hardness, self.chi)
-        h_one = np.linalg.solve(self.hardness, ones)
+        h_chi, h_one = np.linalg.solve(self.hardness, np.column_stack([self.chi, np.ones(self.n)])).T
         mu = (charge + h_chi.sum()) / h_one.sum()
         return mu * h_one - h_chi
 

@@ -9,6 +9,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .config import EmulatedVersion
+from .fortran import block
 from .job import Job
 from .outfiles import BlockFile, IonicResult
 from .scf import ScfLine
@@ -61,7 +62,7 @@ def _structure(name: str | None, lattice: np.ndarray, frac: np.ndarray, indent: 
     out += [_v(row, indent + 3) for row in np.linalg.inv(lattice).T]
     out.append(f"{pad}  </varray>\n{pad} </crystal>\n")
     out.append(f'{pad} <varray name="positions" >\n')
-    out += [_v(row, indent + 2) for row in frac]
+    out.append(block(frac, "%16.8f%16.8f%16.8f", pad + "  <v>", " </v>\n"))
     out.append(f"{pad} </varray>\n")
     if selective is not None:
         out.append(f'{pad} <varray type="logical" name="selective" >\n')
@@ -186,7 +187,7 @@ class VasprunWriter:
         w = self.file.write
         w(_structure(None, result.lattice, result.frac, 2))
         w('  <varray name="forces" >\n')
-        w("".join(_v(f, 3) for f in result.forces))
+        w(block(result.forces, "%16.8f%16.8f%16.8f", "   <v>", " </v>\n"))
         w("  </varray>\n")
         if result.stress_kb is not None:
             xx, yy, zz, xy, yz, zx = result.stress_kb

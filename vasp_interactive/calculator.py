@@ -21,7 +21,7 @@ from ase.calculators.calculator import (
     all_changes,
 )
 
-from .errors import RestartRefused, VaspOutputIncomplete, VaspSetupError
+from .errors import LatticeNotStreamable, RestartRefused, VaspOutputIncomplete, VaspSetupError
 from .outputs import OutcarFollower, VasprunFollower
 from .process import PauseReport, resolve_command
 from .protocol import Variant
@@ -109,6 +109,7 @@ class VaspInteractive(Calculator):
         self._vasprun: VasprunFollower | None = None
         self._parameters_changed = False
         self._known_variant = Variant.UNKNOWN
+        self._lattice_streamable: bool | None = None
         self.steps: list[StepRecord] = []
         self._last_result = None
         self.restarts = 0
@@ -189,9 +190,14 @@ class VaspInteractive(Calculator):
             self._store(self._last_result, properties)
             return
         reason = self._restart_reason(changes, session)
+        result = None
         if reason is None:
-            result = self._stream(atoms, "cell" in changes)
-        else:
+            try:
+                result = self._stream(atoms, "cell" in changes)
+            except LatticeNotStreamable:
+                self._lattice_streamable = False
+                reason = "cell"
+        if result is None:
             result = self._start(atoms, reason)
         self._store(result, properties)
         self.call_seconds.append(time.perf_counter() - started)
@@ -211,13 +217,15 @@ class VaspInteractive(Calculator):
         return None
 
     def _can_stream_lattice(self, session: VaspSession) -> bool:
+        """Stream a new cell if this VASP reads one, or might (the first try probes it)."""
         mode = self.settings.stream_lattice
-        if mode == "no":
+        if mode == "no" or self._lattice_streamable is False:
             return False
-        variant = session.variant
-        if variant.streams_lattice or self._known_variant.streams_lattice:
+        if session.variant.streams_lattice or self._known_variant.streams_lattice:
             return True
-        return mode == "yes" and variant in (Variant.CLASSIC, Variant.UNKNOWN)
+        if session.parser.lattice_checked:
+            return False
+        return True  # unknown: send it; a VASP without the LATTICE prompt is detected and restarted
 
     # ------------------------------------------------------------------ starting and streaming
     def _start(self, atoms, reason: str):
@@ -266,7 +274,7 @@ class VaspInteractive(Calculator):
     def _stream(self, atoms, cell_changed: bool):
         session = self._holder.session
         frac, cell = self._vasp_structure(atoms)
-        result = session.submit(frac, cell)
+        result = session.submit(frac, cell, cell_changed=cell_changed)
         self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
         self.steps.append(session.records[-1])
         return result

@@ -110,6 +110,10 @@ class VaspOutputIncomplete(VaspError):
     """A requested property is not (yet) in VASP's output files."""
 
 
+class LatticeNotStreamable(VaspError):
+    """This VASP took the positions but asked for no lattice: a changed cell needs a restart."""
+
+
 class RestartRefused(VaspError):
     """A change needs a VASP restart but the restart policy forbids it."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from .errors import VaspStartError
+from .errors import VaspSetupError, VaspStartError
 from .settings import PauseSettings
 
 _PR_SET_PDEATHSIG = 1
@@ -96,9 +96,9 @@ def resolve_command(command: str | Sequence[str]) -> list[str]:
 
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if not argv:
-        raise VaspStartError("the VASP command is empty; pass command= or set ASE_VASP_COMMAND")
+        raise VaspSetupError("the VASP command is empty; pass command= or set ASE_VASP_COMMAND")
     if shutil.which(argv[0]) is None:
-        raise VaspStartError(
+        raise VaspSetupError(
             f"VASP command not found: '{argv[0]}' (from {' '.join(argv)!r}); pass command= to the "
             "calculator or set ASE_VASP_COMMAND / VASP_COMMAND to a command that exists on PATH"
         )

@@ -121,6 +121,14 @@ _NELM = "electronic self-consistency was not achieved"
 
 def fortran_float(text: str) -> float:
     """A Fortran real (``-.62323928E+01``, ``1.0D-03``, ``0.5+100``); raises ValueError."""
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if value - value == 0.0:  # finite
+            return value
+        raise ValueError(text)
     cleaned = text.strip().replace("D", "E").replace("d", "e")
     if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[-+]\d{3}", cleaned):  # exponent without 'E'
         cleaned = re.sub(r"([-+]\d{3})$", r"E\1", cleaned)
@@ -142,6 +150,7 @@ class StreamParser:
     _scf_energies: list[float] = field(default_factory=list)
     _pending_forces: np.ndarray | None = None
     _last_prompt: PromptKind | None = None
+    lattice_checked: bool = False  # a positions exchange completed without a LATTICE prompt
 
     def expect_input_sent(self) -> None:
         """The client has answered the prompt; the next marker must acknowledge it."""
@@ -173,6 +182,8 @@ class StreamParser:
             return self._prompt(stripped)
 
         if match := _SCF.match(text):
+            if self.phase is Phase.ACCEPTED and self._last_prompt is PromptKind.POSITIONS:
+                self.lattice_checked = True
             if self.phase in (Phase.STARTUP, Phase.ACCEPTED):
                 self.phase = Phase.RUNNING
             if self.phase is Phase.RUNNING:

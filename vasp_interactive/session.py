@@ -19,6 +19,7 @@ from typing import IO
 import numpy as np
 
 from .errors import (
+    LatticeNotStreamable,
     SilenceTimeout,
     StartupTimeout,
     StepTimeout,
@@ -40,6 +41,7 @@ from .protocol import (
     HardStop,
     InputAccepted,
     Phase,
+    ScfIteration,
     Prompt,
     PromptKind,
     StepResult,
@@ -136,8 +138,12 @@ class VaspSession:
         self._after_result(result, deadline, started)
         return result
 
-    def submit(self, frac: np.ndarray, lattice: np.ndarray) -> StepResult:
-        """Send a structure (and the lattice where the protocol carries it); return its result."""
+    def submit(self, frac: np.ndarray, lattice: np.ndarray, cell_changed: bool = False) -> StepResult:
+        """Send a structure (and the lattice where the protocol carries it); return its result.
+
+        With ``cell_changed`` and a VASP that turns out not to read a lattice, VASP is stopped and
+        ``LatticeNotStreamable`` is raised: the caller restarts it on the new cell.
+        """
         if self.paused:
             self.resume()
         if not self.awaiting_input:
@@ -147,7 +153,8 @@ class VaspSession:
         started = time.monotonic()
         self._frac, self._lattice = frac.copy(), lattice.copy()
         self._send(frac, lattice)
-        result = self._read_result(deadline, "ionic step", frac=frac, lattice=lattice)
+        result = self._read_result(deadline, "ionic step", frac=frac, lattice=lattice,
+                                   need_lattice=cell_changed)
         self._after_result(result, deadline, started)
         return result
 
@@ -164,9 +171,14 @@ class VaspSession:
         except (BrokenPipeError, OSError):
             pass  # VASP is gone; reading will report how it ended
 
-    def _read_result(self, deadline: float | None, what: str, frac=None, lattice=None) -> StepResult:
+    def _read_result(self, deadline: float | None, what: str, frac=None, lattice=None,
+                     need_lattice: bool = False) -> StepResult:
         while True:
             for event in self._next_events(deadline, what):
+                if need_lattice and isinstance(event, ScfIteration) and not self.parser.variant.streams_lattice:
+                    self.terminate()
+                    raise LatticeNotStreamable("this VASP reads positions only; the new cell needs a restart",
+                                               **self._context())
                 if isinstance(event, StepResult):
                     return event
                 if isinstance(event, Prompt) and event.kind is PromptKind.LATTICE:

@@ -58,7 +58,7 @@ class RestartPolicy:
     warn: bool = True
 
 
-StreamLattice = Literal["auto", "yes", "no"]
+StreamLattice = Literal["auto", "no"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,9 @@ class InteractiveSettings:
     pause: PauseSettings = field(default_factory=PauseSettings)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     nsw: int = 2000  # VASP's step budget; the calculator restarts VASP when it is spent
-    stream_lattice: StreamLattice = "auto"  # "yes": this VASP has the lattice patch (6.3)
+    # "auto": stream a new cell where the prompt allows it; with an unknown 6.3-style VASP the first
+    # cell change probes for the lattice patch. "no": every cell change restarts VASP.
+    stream_lattice: StreamLattice = "auto"
     isym: int = 0  # ISYM forced unless the user sets it (a symmetry found at step 0 is kept)
     stdout_tail_lines: int = 40
     stderr_tail_bytes: int = 16384

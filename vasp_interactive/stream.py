@@ -58,6 +58,7 @@ class LineStream:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._mirror = mirror
         self._recent: deque[str] = deque(maxlen=tail_lines)
+        self._pending: deque[str] = deque()
         self.stderr = StderrTail(stderr_bytes)
         self.last_activity = time.monotonic()
         self.lines_read = 0
@@ -69,19 +70,28 @@ class LineStream:
             thread.start()
 
     def _pump_stdout(self, stream: BinaryIO) -> None:
+        """Read whatever is available, split it into lines, queue them in one batch."""
+        partial = b""
         try:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode(errors="replace")
+            for chunk in iter(lambda: stream.read(65536), b""):
+                data = partial + chunk
+                pieces = data.split(b"\n")
+                partial = pieces.pop()
+                if not pieces:
+                    continue
+                text = [piece.decode(errors="replace") + "\n" for piece in pieces]
                 if self._mirror is not None:
                     try:
-                        self._mirror.write(line)
+                        self._mirror.write("".join(text))
                         self._mirror.flush()
                     except (OSError, ValueError):
                         self._mirror = None
-                self._queue.put(line)
+                self._queue.put(text)
         except (OSError, ValueError):
             pass
         finally:
+            if partial:
+                self._queue.put([partial.decode(errors="replace")])
             self._queue.put(EOF)
 
     def _pump_stderr(self, stream: BinaryIO) -> None:
@@ -93,6 +103,11 @@ class LineStream:
 
     def next_line(self, deadline: float | None, silence: float | None) -> str | object:
         """The next stdout line, ``EOF``, or a ``Timeout`` (deadline is monotonic time)."""
+        if self._pending:
+            line = self._pending.popleft()
+            self._recent.append(line.rstrip("\n"))
+            self.lines_read += 1
+            return line
         while True:
             now = time.monotonic()
             limits = []
@@ -108,10 +123,11 @@ class LineStream:
             except queue.Empty:
                 continue
             self.last_activity = time.monotonic()
-            if item is not EOF:
-                self._recent.append(item.rstrip("\n"))
-                self.lines_read += 1
-            return item
+            if item is EOF:
+                self._queue.put(EOF)  # EOF stays visible to later calls
+                return EOF
+            self._pending.extend(item)
+            return self.next_line(deadline, silence)
 
     def recent(self) -> str:
         return "\n".join(self._recent)

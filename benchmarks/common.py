@@ -1,0 +1,93 @@
+"""Shared pieces of the benchmarks: environment, test systems, results files, machine info."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+MOCK_VASP = str(BIN / "mock-vasp")
+
+
+def prepare_environment() -> Path:
+    """Fake POTCARs for ASE, Open MPI as root, no hub downloads, one BLAS thread."""
+    from mock_vasp.potcar import write_potcar_library
+
+    root = Path(tempfile.gettempdir()) / "vasp-interactive-bench-potcars"
+    if not (root / "potpaw_PBE" / "Cu" / "POTCAR").is_file():
+        write_potcar_library(root, "PBE")
+    os.environ["VASP_PP_PATH"] = str(root)
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in [n for n in os.environ if n.startswith("MOCK_VASP_")]:
+        del os.environ[name]
+    return root
+
+
+def mpirun() -> str | None:
+    return shutil.which("mpirun", path=str(BIN)) or shutil.which("mpirun")
+
+
+def copper_slab(natoms: int):
+    """A Cu(111) slab with about ``natoms`` atoms, lower half fixed, periodic in all directions."""
+    from ase.build import fcc111
+    from ase.constraints import FixAtoms
+
+    layers = 4 if natoms >= 40 else 2
+    side = max(1, int(round(np.sqrt(natoms / layers))))
+    slab = fcc111("Cu", (side, side, layers), vacuum=6.0)
+    if len(slab) < natoms:  # top up with a partial layer's worth of adatoms is not needed; report size
+        pass
+    slab.pbc = True
+    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag > layers // 2]))
+    return slab
+
+
+def machine() -> dict:
+    import psutil
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=float))
+    temporary.replace(path)
+    return path
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table: columns are (key, header)."""
+    widths = [max(len(header), *(len(_cell(r.get(k))) for r in rows)) for k, header in columns]
+    lines = ["  ".join(h.rjust(w) for (_, h), w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(_cell(row.get(k)).rjust(w) for (k, _), w in zip(columns, widths)))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return "" if value is None else str(value)

@@ -1,0 +1,239 @@
+"""Process management under real MPI, and every failure ending in a typed error with nothing left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import MOCK_VASP, mock_processes
+from helpers import co_on_cu
+from vasp_interactive import (
+    SilenceTimeout,
+    StartupTimeout,
+    StepTimeout,
+    Timeouts,
+    VaspInteractive,
+    VaspProtocolError,
+)
+from vasp_interactive.errors import EigensolverError, VaspKilled, ZbrentError
+
+PARAMS = dict(xc="PBE", kpts=(1, 1, 1), encut=300)
+TESTS = Path(__file__).parent
+
+
+def session_pids(calc) -> list[int]:
+    return [p.pid for p in calc.session.process.session_processes()]
+
+
+def assert_nothing_left(pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes still alive: {alive}")
+
+
+def cpu_seconds(processes) -> list[float]:
+    return [sum(p.cpu_times()[:2]) for p in processes]
+
+
+def test_pause_resume_under_mpirun(tmp_path, mpirun):
+    atoms = co_on_cu()
+    calc = VaspInteractive(command=[mpirun, "-np", "2", MOCK_VASP], directory=tmp_path, **PARAMS)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    ranks = calc.session.process.rank_processes()
+    assert len(ranks) == 2 and all("mock-vasp" in " ".join(r.cmdline()) for r in ranks)
+    with calc.paused() as report:
+        assert report.paused and report.verified and report.strategy.startswith("openmpi")
+        assert report.ranks_stopped == 2 and report.seconds < 1.0
+        assert all(r.status() == psutil.STATUS_STOPPED for r in ranks)
+        before = cpu_seconds(ranks)
+        time.sleep(0.5)
+        assert cpu_seconds(ranks) == before  # stopped ranks use no CPU
+    assert all(r.status() != psutil.STATUS_STOPPED for r in ranks)
+    before = cpu_seconds(ranks)
+    time.sleep(0.5)
+    assert max(b - a for a, b in zip(before, cpu_seconds(ranks))) > 0.05  # rank 1 spins in MPI again
+    atoms.positions[-1, 2] += 0.01
+    atoms.get_potential_energy()
+    report = calc.pause()
+    assert report.paused
+    pids = session_pids(calc)
+    calc.close()  # closing while paused resumes, then stops cleanly
+    assert_nothing_left(pids)
+    assert "writing wavefunctions" in (tmp_path / "vasp.out").read_text()
+
+
+def test_psutil_strategy_pauses_serial_vasp(tmp_path):
+    from vasp_interactive import PauseSettings
+
+    atoms = co_on_cu()
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path, pause=PauseSettings(method="psutil"),
+                         **PARAMS) as calc:
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        with calc.paused() as report:
+            assert report.strategy == "psutil" and report.verified and report.ranks_seen == 1
+        atoms.positions[-1, 2] += 0.01
+        atoms.get_potential_energy()
+        assert calc.pause().paused
+        atoms.positions[-1, 2] += 0.01
+        atoms.get_potential_energy()  # a paused VASP is resumed before it is given work
+        assert not calc.session.paused
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from helpers import co_on_cu
+    from ase.optimize import BFGS
+    from ase.io.trajectory import Trajectory
+    from vasp_interactive import VaspInteractive
+    atoms = co_on_cu()
+    with VaspInteractive(command={command!r}, directory={directory!r}, xc="PBE") as calc:
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        print("ready", calc.session.process.pid, flush=True)
+        opt = BFGS(atoms, logfile=None, trajectory={trajectory!r})
+        opt.run(fmax=0.001, steps=100)
+""")
+
+
+def start_driver(tmp_path, command, settings=None):
+    if settings:
+        import json
+
+        (tmp_path / "mock_vasp.json").write_text(json.dumps(settings))
+    script = DRIVER.format(tests=str(TESTS), command=command, directory=str(tmp_path),
+                           trajectory=str(tmp_path / "opt.traj"))
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    line = driver.stdout.readline()
+    assert line.startswith("ready"), line
+    pid = int(line.split()[1])
+    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    return driver, tree
+
+
+@pytest.mark.parametrize("use_mpi", [False, True])
+def test_sigkill_of_the_driver_leaves_nothing(tmp_path, use_mpi, request):
+    command = [MOCK_VASP]
+    if use_mpi:
+        command = [request.getfixturevalue("mpirun"), "-np", "2", MOCK_VASP]
+    driver, tree = start_driver(tmp_path, command, {"faults": {"slow_step_seconds": 0.2}})
+    time.sleep(0.3)
+    driver.kill()
+    driver.wait()
+    assert_nothing_left(tree, timeout=5.0)
+
+
+def test_sigint_during_a_step_keeps_finished_steps(tmp_path):
+    driver, tree = start_driver(tmp_path, [MOCK_VASP], {"faults": {"slow_step_seconds": 0.8}})
+    time.sleep(2.5)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=30) != 0
+    assert_nothing_left(tree)
+    from ase.io import read
+
+    frames = read(tmp_path / "opt.traj", ":")
+    assert len(frames) >= 1 and all(f.get_forces().shape == (14, 3) for f in frames)
+
+
+def failing_calc(tmp_path, faults, **timeouts):
+    import json
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mock_vasp.json").write_text(json.dumps({"faults": faults}))
+    return VaspInteractive(command=MOCK_VASP, directory=tmp_path, timeouts=Timeouts(**timeouts), **PARAMS)
+
+
+def drive(calc, steps=4):
+    atoms = co_on_cu()
+    atoms.calc = calc
+    for _ in range(steps):
+        atoms.get_potential_energy()
+        atoms.positions[-1, 2] += 0.003
+
+
+@pytest.mark.parametrize("error, errtype", [("zbrent", ZbrentError), ("edddav", EigensolverError)])
+def test_crash_mid_run_is_typed(tmp_path, error, errtype):
+    calc = failing_calc(tmp_path, {"crash_at_step": 3, "crash_error": error})
+    with pytest.raises(errtype) as caught:
+        drive(calc)
+    text = str(caught.value)
+    assert "exit code: 1" in text and "VASP said:" in text and "last lines of stdout" in text
+    assert caught.value.exit_code == 1
+    assert not calc.session.process.alive
+    calc.close()
+
+
+def test_hang_gives_silence_timeout(tmp_path):
+    calc = failing_calc(tmp_path, {"hang_at_step": 2}, silence=2.0)
+    started = time.monotonic()
+    with pytest.raises(SilenceTimeout, match="printed nothing"):
+        drive(calc)
+    assert time.monotonic() - started < 15
+    assert not calc.session.process.alive
+    calc.close()
+
+
+def test_step_and_startup_timeouts(tmp_path):
+    calc = failing_calc(tmp_path / "step", {"slow_step_seconds": 4.0}, step=2.0, startup=60)
+    calc.settings = calc.settings  # startup passes (one slow step fits in 60 s)
+    with pytest.raises((StartupTimeout, StepTimeout)):
+        drive(calc, steps=2)
+    calc.close()
+    calc = failing_calc(tmp_path / "start", {"slow_step_seconds": 4.0}, startup=1.5)
+    with pytest.raises(StartupTimeout, match="no first result"):
+        drive(calc, steps=1)
+    assert not calc.session.process.alive
+    calc.close()
+
+
+@pytest.mark.parametrize("kind", ["noise", "overflow"])
+def test_garbage_is_a_protocol_error(tmp_path, kind):
+    calc = failing_calc(tmp_path, {"garbage_at_step": 2, "garbage": kind})
+    with pytest.raises(VaspProtocolError, match="FORCES block"):
+        drive(calc)
+    assert not calc.session.process.alive
+    calc.close()
+
+
+def test_harmless_chatter_is_ignored(tmp_path):
+    calc = failing_calc(tmp_path, {"garbage_at_step": 2, "garbage": "chatter"})
+    drive(calc)
+    calc.close()
+
+
+def test_stderr_flood_does_not_block_and_reaches_the_error(tmp_path):
+    calc = failing_calc(tmp_path / "ok", {"stderr_flood_bytes": 3_000_000, "stderr_flood_at_step": 2})
+    drive(calc)
+    assert calc.session.stream.stderr.total >= 3_000_000
+    calc.close()
+    calc = failing_calc(tmp_path / "crash", {"stderr_flood_bytes": 1_000_000, "stderr_flood_at_step": 2,
+                                             "crash_at_step": 2})
+    with pytest.raises(ZbrentError) as caught:
+        drive(calc)
+    assert "forrtl: warning" in caught.value.stderr_tail
+    calc.close()
+
+
+def test_killed_vasp_is_reported(tmp_path):
+    calc = failing_calc(tmp_path, {"signal_at_step": 2, "signal": "SIGSEGV"})
+    with pytest.raises(VaspKilled, match="SIGSEGV"):
+        drive(calc)
+    calc.close()
+
+
+def test_no_fake_vasp_left_by_this_module():
+    assert not mock_processes()

@@ -1,0 +1,157 @@
+"""The stream protocol state machine, on real VASP stdout and on every variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vasp_interactive.errors import EigensolverError, VaspProtocolError, ZbrentError
+from vasp_interactive.protocol import (
+    ErrorMessage,
+    HardStop,
+    InputAccepted,
+    Prompt,
+    PromptKind,
+    ScfIteration,
+    StepResult,
+    StreamParser,
+    Variant,
+    fortran_float,
+)
+
+
+def feed_all(parser: StreamParser, lines, answer=True) -> list[object]:
+    """Feed lines; after each prompt pretend the client answered (as a driver would)."""
+    events: list[object] = []
+    for line in lines:
+        new = parser.feed(line)
+        events.extend(new)
+        if answer and any(isinstance(e, Prompt) for e in new):
+            parser.expect_input_sent()
+    return events
+
+
+def test_vasp544_fixture_two_steps(shared):
+    text = (shared / "fixtures/vasp/vasp544_truncated/step-1/vasp.out").read_text().splitlines()
+    parser = StreamParser(natoms=2)
+    events = feed_all(parser, text)
+    results = [e for e in events if isinstance(e, StepResult)]
+    assert parser.version == "5.4.4.18Apr17-6-g9f103f2a35"
+    assert [r.step for r in results] == [1, 2]
+    assert [r.scf_iterations for r in results] == [13, 2]
+    assert results[0].free_energy == pytest.approx(-6.2323928) and results[1].free_energy == pytest.approx(-6.2232316)
+    assert np.allclose(results[0].forces, [[-3.6669864, 0.0, 0.0000009], [3.6669864, -0.0, -0.0000009]])
+    assert np.allclose(results[1].forces[:, 0], [-3.6854838, 3.6854838])
+    assert sum(isinstance(e, Prompt) for e in events) == 2
+    assert sum(isinstance(e, InputAccepted) for e in events) == 1
+    assert parser.variant is Variant.CLASSIC
+
+
+def test_vasp612_transcript_with_driver_chatter(shared):
+    """Real 6.1.2 stdout interleaved with the Python driver's own log lines and echoes."""
+    text = (shared / "fixtures/vasp/stdout/vasp612_interactive_online_learning.txt").read_text().splitlines()
+    parser = StreamParser(natoms=7)
+    events = feed_all(parser, text)
+    results = [e for e in events if isinstance(e, StepResult)]
+    assert parser.version == "6.1.2"
+    assert [r.step for r in results] == [1, 2, 3, 4, 5, 6, 7]
+    assert results[-1].scf_iterations == 1  # the hard-stop step has one electronic step
+    assert results[-1].free_energy == pytest.approx(-15.976606) and results[-1].energy_sigma0 == pytest.approx(
+        -15.957799)
+    assert any(isinstance(e, HardStop) for e in events)
+    assert results[0].scf_iterations > 2 * np.mean([r.scf_iterations for r in results[1:-1]])
+
+
+def test_fresh_process_per_step_costs_more_scf(shared):
+    """The facts' claim, on real bytes: a fresh VASP per step needs more SCF than interactive."""
+    fresh = (shared / "fixtures/vasp/stdout/vasp612_classic_singlepoints_nocache.txt").read_text()
+    interactive = (shared / "fixtures/vasp/stdout/vasp612_interactive_online_learning.txt").read_text()
+    fresh_starts = fresh.count("entering main loop")
+    fresh_scf = sum(line.startswith("DAV:") for line in fresh.splitlines())
+    parser = StreamParser(natoms=7)
+    results = [e for e in feed_all(parser, interactive.splitlines()) if isinstance(e, StepResult)]
+    later = [r.scf_iterations for r in results[1:-1]]
+    assert fresh_starts > 3
+    assert fresh_scf / fresh_starts > 1.5 * np.mean(later)
+
+
+def lines_of_step(step=1, natoms=2, mag=None):
+    block = ["DAV:   1    -0.502267845488E+01   -0.50227E+01   -0.18693E+02    16   0.604E+01",
+             "DAV:   2    -0.652919482653E+01   -0.15065E+01   -0.15065E+01    16   0.154E+01",
+             "FORCES:"] + ["     0.1000000    -0.2000000     0.3000000"] * natoms
+    energy = f"   {step} F= -.65291948E+01 E0= -.65291900E+01  d E =-.652919E+01"
+    if mag is not None:
+        energy += f"  mag=     {mag:.4f}"
+    return block + [energy]
+
+
+def test_all_prompt_variants():
+    header = [" vasp.6.4.2 20Jul23 (build x) complex"]
+    # >= 6.4.1 with ISIF < 3: a count line, no echo
+    parser = StreamParser(2)
+    events = feed_all(parser, header + lines_of_step() + ["POSITIONS: reading from stdin", "           2",
+                                                             "POSITIONS: read from stdin"] + lines_of_step(2))
+    assert [e.step for e in events if isinstance(e, StepResult)] == [1, 2]
+    assert parser.variant is Variant.CLASSIC
+    # >= 6.4.1 with ISIF >= 3: POSCAR record
+    parser = StreamParser(2)
+    feed_all(parser, header + lines_of_step() + ["POSITIONS AND LATTICE: reading from stdin"])
+    assert parser.variant is Variant.POSCAR_RECORD and parser.variant.streams_lattice
+    # 6.3 with the lattice patch: a LATTICE prompt after the positions
+    parser = StreamParser(2)
+    events = feed_all(parser, [" vasp.6.3.2 27Jun22"] + lines_of_step() + [
+        "POSITIONS: reading from stdin", "     0.1 0.0 0.0", "     0.0 0.0 0.0", "     0.1 0.0 0.0",
+        "     0.0 0.0 0.0", "POSITIONS: read from stdin", "LATTICE: reading from stdin",
+        " New  8.0 0 0", "     0 8.0 0", "     0 0 8.0", " Old  8.0 0 0", "     0 8.0 0", "     0 0 8.0",
+        "LATTICE: read from stdin"] + lines_of_step(2))
+    assert parser.variant is Variant.LATTICE_PATCH
+    assert [e.kind for e in events if isinstance(e, Prompt)] == [PromptKind.POSITIONS, PromptKind.LATTICE]
+    assert sum(isinstance(e, StepResult) for e in events) == 2
+
+
+def test_the_classic_hang_prompt_is_recognised():
+    """The public driver waited for 'POSITIONS: reading from stdin' and hung on 6.4's prompt."""
+    parser = StreamParser(2)
+    events = feed_all(parser, lines_of_step() + ["POSITIONS AND LATTICE: reading from stdin"], answer=False)
+    assert isinstance(events[-1], Prompt) and events[-1].kind is PromptKind.POSITIONS_AND_LATTICE
+
+
+def test_unknown_prompt_and_garbage_are_errors():
+    parser = StreamParser(2)
+    with pytest.raises(VaspProtocolError, match="unknown prompt"):
+        feed_all(parser, lines_of_step() + ["CELL AND MAGMOMS: reading from stdin"])
+    parser = StreamParser(3)
+    with pytest.raises(VaspProtocolError, match="malformed line 2 of 3"):
+        feed_all(parser, ["FORCES:", "  0.1 0.2 0.3", "#@!& 0xDEADBEEF"])
+    parser = StreamParser(1)
+    with pytest.raises(VaspProtocolError, match="malformed line 1"):
+        feed_all(parser, ["FORCES:", "  ************    0.0000000     0.0000000"])
+    parser = StreamParser(1)
+    with pytest.raises(VaspProtocolError, match="without a FORCES block"):
+        feed_all(parser, ["   1 F= -.65291948E+01 E0= -.65291900E+01  d E =-.652919E+01"])
+    parser = StreamParser(2)
+    with pytest.raises(VaspProtocolError, match="before VASP delivered"):
+        feed_all(parser, ["DAV:   1    -0.5E+01   -0.5E+01   -0.1E+02    16   0.6E+01",
+                          "POSITIONS: reading from stdin"])
+
+
+def test_spin_polarised_line_and_fortran_numbers():
+    parser = StreamParser(2)
+    events = feed_all(parser, lines_of_step(mag=1.2345))
+    result = [e for e in events if isinstance(e, StepResult)][0]
+    assert result.magnetization == pytest.approx(1.2345)
+    assert fortran_float("-.62323928E+01") == pytest.approx(-6.2323928)
+    assert fortran_float("0.1D-02") == pytest.approx(1e-3)
+    assert fortran_float("0.5-100") == pytest.approx(0.5e-100)
+    with pytest.raises(ValueError):
+        fortran_float("**********")
+
+
+def test_known_failures_are_classified():
+    parser = StreamParser(2)
+    events = feed_all(parser, [" ZBRENT: fatal error in bracketing", " Error EDDDAV: Call to ZHEGV failed. Returncode =   7"])
+    kinds = [e.error for e in events if isinstance(e, ErrorMessage)]
+    assert kinds == [ZbrentError, EigensolverError]
+    assert all(isinstance(e, ErrorMessage) for e in events)
+    scf = feed_all(StreamParser(1), ["DAV:   3    -0.6E+01   -0.1E-02   -0.1E-02    16   0.1E-01    0.2E-01"])
+    assert isinstance(scf[0], ScfIteration) and scf[0].index == 3

@@ -1,0 +1,135 @@
+"""``vasp-interactive check``: try the configured VASP once on a new machine and report.
+
+Runs a two-step interactive job on a tiny system (H2 in a box) in a temporary directory and
+reports the VASP version, protocol variant, whether stdout, OUTCAR and vasprun.xml are complete
+while VASP waits, whether pausing really stops the ranks, and whether a lattice can be streamed.
+Exit status 0 when the calculator can drive this VASP, 1 when it cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class CheckReport:
+    command: list[str]
+    ok: bool = False
+    version: str | None = None
+    variant: str | None = None
+    stdout_complete: bool = False
+    outcar_complete: bool | None = None
+    vasprun_complete: bool | None = None
+    pause: str = "not tried"
+    lattice: str = "not tried"
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        yes = {True: "yes", False: "NO", None: "unknown"}
+        return [
+            f"command:              {' '.join(self.command)}",
+            f"VASP version:         {self.version or 'not seen'}",
+            f"protocol variant:     {self.variant or 'not seen'}",
+            f"stdout complete:      {yes[self.stdout_complete]}",
+            f"OUTCAR complete:      {yes[self.outcar_complete]}"
+            + ("" if self.outcar_complete is not False else "  (block-buffered: stress cannot be streamed)"),
+            f"vasprun.xml complete: {yes[self.vasprun_complete]}",
+            f"pausing:              {self.pause}",
+            f"lattice streaming:    {self.lattice}",
+            f"time:                 {self.seconds:.1f} s",
+            *(f"problem:              {p}" for p in self.problems),
+            f"verdict:              {'compatible' if self.ok else 'NOT compatible'}",
+        ]
+
+
+def run_check(command: str | list[str] | None, directory: Path, timeout: float, xc: str = "PBE") -> CheckReport:
+    from ase import Atoms
+
+    from .calculator import VaspInteractive, find_command
+    from .errors import VaspError
+    from .settings import Timeouts
+
+    started = time.monotonic()
+    report = CheckReport(command=[] if command is None else (command if isinstance(command, list) else [command]))
+    try:
+        report.command = find_command(command)
+    except VaspError as error:
+        report.problems.append(error.summary)
+        return report
+    atoms = Atoms("H2", cell=np.eye(3) * 6.0, pbc=True, positions=[[0, 0, 0], [0.75, 0, 0]])
+    timeouts = Timeouts(startup=timeout, step=timeout, silence=timeout, stop=min(timeout, 60.0))
+    calc = VaspInteractive(command=report.command, directory=directory, txt="vasp.out", timeouts=timeouts,
+                           xc=xc, encut=250, kpts=(1, 1, 1), isif=3, ismear=0, sigma=0.05)
+    try:
+        import warnings
+
+        warnings.simplefilter("ignore", UserWarning)  # restarts are part of what is being checked
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        session = calc.session
+        report.version = session.version
+        with calc.paused() as pause:
+            if pause.paused:
+                verdict = "ranks stopped" if pause.verified else "NOT verified"
+                report.pause = (f"{pause.strategy}: {verdict} ({pause.ranks_stopped}/{pause.ranks_seen} local "
+                                f"processes, {pause.seconds * 1000:.0f} ms){' ' + pause.note if pause.note else ''}")
+            else:
+                report.pause = f"not possible: {pause.note}"
+        atoms.positions[1, 0] += 0.02
+        atoms.get_potential_energy()
+        report.stdout_complete = len(calc.steps) == 2
+        calc._outcar.update()
+        calc._vasprun.update()
+        report.outcar_complete = calc._outcar.steps_completed >= 2
+        report.vasprun_complete = calc._vasprun.steps_completed >= 2
+        atoms.set_cell(np.eye(3) * 6.1, scale_atoms=True)
+        restarts = calc.restarts
+        atoms.get_potential_energy()
+        report.variant = calc.session.variant.value
+        report.lattice = "streamed" if calc.restarts == restarts else "not streamable (VASP restarts on cell changes)"
+        report.ok = report.stdout_complete
+    except VaspError as error:
+        report.problems.append(str(error).splitlines()[0])
+        with contextlib.suppress(Exception):
+            report.version = report.version or calc.session.version
+    finally:
+        calc.close()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vasp-interactive",
+        description="Tools of the interactive VASP calculator. 'check' tries the configured VASP once.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="run a two-step interactive job and report what works",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("--command", help="VASP command (default: ASE_VASP_COMMAND or VASP_COMMAND)")
+    check.add_argument("--timeout", type=float, default=600.0, help="seconds for each step (default 600)")
+    check.add_argument("--xc", default="PBE", help="functional for the POTCARs (default PBE)")
+    check.add_argument("--keep", type=Path, help="run in this directory and keep it")
+    args = parser.parse_args(argv)
+    directory = args.keep or Path(tempfile.mkdtemp(prefix="vasp-interactive-check-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        report = run_check(args.command, directory, args.timeout, args.xc)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
