@@ -31,10 +31,16 @@ $(GPAW_STAMP): $(STAMP)
 
 gpaw: $(GPAW_STAMP)
 
+# fairchem-core (optional surrogate backend; about 1.5 GB): tested with a locally built checkpoint.
+FAIRCHEM_STAMP := $(VENV)/.fairchem
+$(FAIRCHEM_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[fairchem]'
+	touch $@
+
 demo: $(STAMP)
 	$(PY) -m finetuna_core.demo
 
-test: $(STAMP) $(GPAW_STAMP)
+test: $(STAMP) $(GPAW_STAMP) $(FAIRCHEM_STAMP)
 	@status=0; $(PY) -m pytest || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$status

@@ -29,7 +29,16 @@ def _make_sevennet(**options: Any) -> Surrogate:
     return SevenNetSurrogate(**options)
 
 
+def _make_fairchem(**options: Any) -> Surrogate:
+    from .fairchem import FairchemSurrogate
+
+    if "checkpoint" not in options:
+        raise ValueError("the fairchem surrogate needs checkpoint=PATH (a local file; nothing is downloaded)")
+    return FairchemSurrogate(**options)
+
+
 register_surrogate("sevennet", _make_sevennet)
+register_surrogate("fairchem", _make_fairchem)
 
 __all__ = [
     "FineTuneReport",

@@ -67,10 +67,7 @@ class LabelledPoint:
     def __post_init__(self) -> None:
         forces = np.array(self.forces, dtype=float)  # private copy, callers may reuse arrays
         if forces.shape != (len(self.atoms), 3):
-            raise ValueError(
-                f"forces must have shape ({len(self.atoms)}, 3) to match the atoms, "
-                f"got {forces.shape}"
-            )
+            raise ValueError(f"forces must have shape ({len(self.atoms)}, 3) to match the atoms, got {forces.shape}")
         if not np.all(np.isfinite(forces)) or not np.isfinite(self.energy):
             raise ValueError("parent energy and forces must be finite")
         forces.setflags(write=False)
@@ -194,9 +191,7 @@ class SurrogateCalculator(Calculator):
 _REGISTRY: dict[str, Callable[..., Surrogate]] = {}
 
 
-def register_surrogate(
-    name: str, factory: Callable[..., Surrogate], *, overwrite: bool = False
-) -> None:
+def register_surrogate(name: str, factory: Callable[..., Surrogate], *, overwrite: bool = False) -> None:
     """Register ``factory(**options) -> Surrogate`` under ``name`` (case-insensitive)."""
     key = name.lower()
     if key in _REGISTRY and not overwrite:
@@ -208,9 +203,7 @@ def make_surrogate(name: str, **options: Any) -> Surrogate:
     """Build the surrogate registered as ``name`` with backend ``options``."""
     key = name.lower()
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown surrogate {name!r}; available: {', '.join(available_surrogates()) or 'none'}"
-        )
+        raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(available_surrogates()) or 'none'}")
     return _REGISTRY[key](**options)
 
 
