@@ -27,6 +27,9 @@ class LearnerSettings:
 
     offset_window: int = 3  # parent points used to align surrogate energies to the parent's
     pause_parent: bool = True  # pause a parent that can pause while Python works
+    # prepare the surrogate's fine-tuning data for a point (its Jacobian) in a thread while the
+    # parent computes it: the parent's result is not needed for that part
+    overlap_precompute: bool = True
 
 
 @dataclass
@@ -85,6 +88,7 @@ class OnlineLearner(Calculator):
         self._steps_since_parent = 0
         self._parent_events = 0  # bumped at every parent (or stored) point; the driver watches it
         self.pause_reports: list = []
+        self.precompute_seconds: list[float] = []
         if self.store.points:
             self._train()
 
@@ -103,14 +107,37 @@ class OnlineLearner(Calculator):
 
     def _ask_parent(self, atoms: Atoms) -> tuple[float, np.ndarray, float]:
         started = time.perf_counter()
+        helper = self._start_precompute(atoms)
         self._resume_parent()
         work = atoms.copy()
         work.calc = self.parent
-        energy = float(work.get_potential_energy())
-        forces = np.array(work.get_forces(apply_constraint=False))
+        try:
+            energy = float(work.get_potential_energy())
+            forces = np.array(work.get_forces(apply_constraint=False))
+        finally:
+            if helper is not None:
+                helper.join()
         seconds = time.perf_counter() - started
         self._pause_parent()
         return energy, forces, seconds
+
+    def _start_precompute(self, atoms: Atoms):
+        precompute = getattr(self.surrogate, "precompute", None)
+        if not (self.settings.overlap_precompute and callable(precompute)):
+            return None
+        import threading
+
+        snapshot = atoms.copy()
+
+        def run() -> None:
+            try:
+                self.precompute_seconds.append(precompute([snapshot]))
+            except Exception:  # noqa: BLE001 - fine_tune computes it again and reports any error
+                pass
+
+        thread = threading.Thread(target=run, name="surrogate-precompute", daemon=True)
+        thread.start()
+        return thread
 
     # ------------------------------------------------------------------ training
     def _train(self) -> FineTuneReport:
