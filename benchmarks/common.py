@@ -23,7 +23,7 @@ def prepare_environment() -> Path:
     from mock_vasp.potcar import write_potcar_library
 
     root = Path(tempfile.gettempdir()) / "vasp-interactive-bench-potcars"
-    if not (root / "potpaw_PBE" / "Cu" / "POTCAR").is_file():
+    if not (root / "potpaw_PBE" / "Rb_pv" / "POTCAR").is_file():
         write_potcar_library(root, "PBE")
     os.environ["VASP_PP_PATH"] = str(root)
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -22,7 +22,7 @@ def fake_potcar_path() -> Path:
     from mock_vasp.potcar import write_potcar_library
 
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vasp-interactive" / "potcars"
-    if not (root / "potpaw_PBE" / "Cu" / "POTCAR").is_file():
+    if not (root / "potpaw_PBE" / "Rb_pv" / "POTCAR").is_file():
         write_potcar_library(root, "PBE")
     return root
 

@@ -172,7 +172,6 @@ class Run:
                     cartesian = optimizer.step(result.cartesian, result.free_energy, result.forces)
                     decision = np.linalg.solve(self.lattice.T, cartesian.T).T
                     self.say(" " + optimizer.message)
-                    self.say(" bond charge predicted" if job.iwavpr % 10 in (1, 3) else " wavefunctions predicted")
             decision = self.comm.bcast(decision)
             if decision is None:
                 return

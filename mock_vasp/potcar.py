@@ -80,14 +80,14 @@ def read_potcar(path) -> list[PotcarEntry]:
         raise InputError(f"No POTCAR found ({path}): VASP needs one dataset per species") from None
 
 
-def fake_potcar_text(symbol: str, functional: str = "PBE") -> str:
+def fake_potcar_text(symbol: str, functional: str = "PBE", suffix: str = "") -> str:
     """A fake single-element POTCAR with a realistic header and no real data."""
     if symbol not in atomic_numbers:
         raise ValueError(f"unknown element '{symbol}'")
     zval = valence(symbol)
     mass = atomic_masses[atomic_numbers[symbol]]
     enmax = _ENMAX.get(symbol, 250.0 + 10.0 * (zval % 7))
-    titel = f"PAW_{functional} {symbol} 01Jan2000"
+    titel = f"PAW_{functional} {symbol}{suffix} 01Jan2000"
     return (
         f"  {titel}\n"
         f" {zval:.13f}\n"
@@ -114,15 +114,21 @@ def fake_potcar_text(symbol: str, functional: str = "PBE") -> str:
     )
 
 
-def write_potcar_library(root, functional: str = "PBE", symbols=None) -> Path:
-    """Write ``root/potpaw_<functional>/<El>/POTCAR`` (and ``potpaw`` for LDA) for ASE.
+# dataset name suffixes used by ASE's setups ('minimal', 'recommended', 'GW', 'materialsproject')
+SUFFIXES = ("", "_pv", "_sv", "_d", "_GW", "_sv_GW", "_d_GW", "_2", "_3", "_h", "_s")
 
+
+def write_potcar_library(root, functional: str = "PBE", symbols=None) -> Path:
+    """Write ``root/potpaw_<functional>/<El><suffix>/POTCAR`` (``potpaw`` for LDA) for ASE.
+
+    Every element gets the dataset variants ASE's setups may ask for (``Rb_pv``, ``Zr_sv``...).
     Point ``VASP_PP_PATH`` at ``root``. Returns ``root``.
     """
     root = Path(root)
     folder = {"PBE": "potpaw_PBE", "LDA": "potpaw"}.get(functional, f"potpaw_{functional}")
     for symbol in symbols or [s for s in chemical_symbols[1:87]]:
-        target = root / folder / symbol
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "POTCAR").write_text(fake_potcar_text(symbol, functional))
+        for suffix in SUFFIXES:
+            target = root / folder / f"{symbol}{suffix}"
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "POTCAR").write_text(fake_potcar_text(symbol, functional, suffix))
     return root

@@ -332,7 +332,11 @@ def extrapolation_coefficients(history_frac: list[np.ndarray], frac: np.ndarray,
 
 def extrapolated_start(history_q: list[np.ndarray], history_frac: list[np.ndarray], frac: np.ndarray,
                        lattice: np.ndarray, iwavpr: int) -> StartGuess:
-    """In-memory start of the next ionic step (IWAVPR 1/11: charge, 2/12: orbitals, 3/13: both)."""
+    """In-memory start of the next ionic step (IWAVPR 1/11: charge, 2/12: orbitals, 3/13: both).
+
+    When the fitted extrapolation would predict the new positions worse than not extrapolating
+    (a line search jumping back and forth), the previous step is used as it is.
+    """
     alpha, beta = extrapolation_coefficients(history_frac, frac, lattice)
     mode = iwavpr % 10
     q = history_q[-1].copy()
@@ -345,6 +349,8 @@ def extrapolated_start(history_q: list[np.ndarray], history_frac: list[np.ndarra
         predicted_frac = predicted_frac + beta * _wrapped(history_frac[-2] - history_frac[-3])
     moved = displacement(history_frac[-1], frac, lattice)
     residual = displacement(predicted_frac, frac, lattice)
+    if np.linalg.norm(residual) > np.linalg.norm(moved):
+        q, residual = history_q[-1].copy(), moved
     orbitals_off = residual if mode in (2, 3) else moved
     density_off = np.zeros_like(moved) if mode in (1, 3) else orbitals_off.copy()
     return StartGuess(q, density_off, q.copy(), orbitals_off, "extrapolated")

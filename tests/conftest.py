@@ -59,16 +59,28 @@ def mpirun() -> str:
     return path
 
 
+_BASETEMP: list[str] = []
+
+
+def pytest_sessionstart(session):
+    _BASETEMP.append(str(session.config._tmp_path_factory.getbasetemp()))
+
+
 def mock_processes() -> list[psutil.Process]:
+    """Fake VASP processes started by this test session (run in its temporary directories)."""
     found = []
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
     for process in psutil.process_iter(["cmdline", "status"]):
         try:
             cmdline = " ".join(process.info["cmdline"] or [])
+            if not ("mock-vasp" in cmdline or "mock_vasp" in cmdline) or "pytest" in cmdline:
+                continue
+            if process.info["status"] == psutil.STATUS_ZOMBIE or process.pid == os.getpid():
+                continue
+            if process.pid in mine or any(process.cwd().startswith(base) for base in _BASETEMP):
+                found.append(process)
         except psutil.Error:
             continue
-        if ("mock-vasp" in cmdline or "mock_vasp" in cmdline) and process.info["status"] != psutil.STATUS_ZOMBIE \
-                and process.pid != os.getpid() and "pytest" not in cmdline:
-            found.append(process)
     return found
 
 
