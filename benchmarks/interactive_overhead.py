@@ -119,7 +119,7 @@ def fresh_vs_interactive() -> list[dict]:
                 atoms.calc = calc
 
                 class Counter(BFGS):
-                    def log(self, forces=None):
+                    def log(self, forces=None, scf=scf, calc=calc):
                         scf.append(calc.get_number_of_iterations())
 
                 opt = Counter(atoms, logfile=None)

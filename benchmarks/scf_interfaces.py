@@ -102,6 +102,29 @@ def run_one(method: str, interface: str, system, directory: Path, surrogate=None
             "energy": result.energy, "converged": result.converged, "seconds": time.perf_counter() - started}
 
 
+def figure(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import RESULTS
+
+    groups = sorted({(r["backend"], r["method"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups) + 2), 3.5))
+    for k, interface in enumerate(("M1", "M2", "M3")):
+        values = [next((r["scf_vs_m1"] for r in rows if (r["backend"], r["method"]) == g
+                        and r["interface"] == interface), float("nan")) for g in groups]
+        ax.bar([i + 0.27 * k for i in range(len(groups))], values, 0.27, label=interface)
+    ax.set_xticks([i + 0.27 for i in range(len(groups))])
+    ax.set_xticklabels([f"{b}\n{m}" for b, m in groups], fontsize=7)
+    ax.set_ylabel("total SCF steps / M1")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scf_interfaces.png", dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="GPAW with BFGS only")
@@ -138,6 +161,7 @@ def main(argv=None) -> dict:
     print(table(rows, [("backend", "physics"), ("method", "method"), ("interface", "interface"),
                        ("dft_calls", "DFT calls"), ("scf_total", "SCF total"), ("scf_per_call", "SCF/call"),
                        ("scf_vs_m1", "SCF / M1"), ("seconds", "wall s")]))
+    figure(rows)
     payload = {"quick": args.quick, "rows": rows, "vasp_parameters": VASP, "gpaw_settings": GPAW_SETTINGS,
                "systems": {"model (EMT)": "O on Cu(111) 2x2x3, 13 atoms", "GPAW": "H on Cu(111) 1x1x3, 4 atoms, "
                            "PW 250 eV, PBE, 2x2x1 k-points, Fermi-Dirac 0.1 eV"}}

@@ -20,6 +20,8 @@ from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
 from .surrogates.base import FineTuneReport, LabelledPoint, Surrogate, free_atom_mask
 
+DEFAULT_TRUST_RADIUS = 0.5  # Angstrom; see query.TrustRadius
+
 
 @dataclass
 class LearnerSettings:
@@ -66,7 +68,8 @@ class OnlineLearner(Calculator):
     Args:
         parent: the expensive calculator (``VaspInteractive``, EMT, ...).
         surrogate: a :class:`~finetuna_core.surrogates.base.Surrogate`.
-        policy: a query rule (default: relax-only at fmax 0.03 plus one initial parent point).
+        policy: a query rule (default: relax-only at fmax 0.03, one initial parent point, and a
+            0.5 A trust radius around the last parent point).
         directory: where parent points and the step log are kept (None: in memory only). A learner
             created on a directory with parent points resumes from them without recomputing any.
     """
@@ -78,7 +81,7 @@ class OnlineLearner(Calculator):
         Calculator.__init__(self)
         self.parent = parent
         self.surrogate = surrogate
-        self.policy = policy or make_policy()
+        self.policy = policy or make_policy("relax-only", trust_radius=DEFAULT_TRUST_RADIUS)
         self.settings = settings or LearnerSettings()
         self.store = RunStore(directory)
         self.records: list[StepRecord] = []
@@ -168,10 +171,16 @@ class OnlineLearner(Calculator):
         prediction = self.surrogate.predict(atoms)
         seconds_predict = time.perf_counter() - started
         free = free_atom_mask(atoms)
+        displacement = 0.0
+        if self.store.points:
+            last = self.store.points[-1].point.atoms
+            if len(last) == len(atoms):
+                moved = np.linalg.norm(atoms.positions - last.positions, axis=1)[free]
+                displacement = float(moved.max(initial=0.0))
         context = QueryContext(step=step, parent_calls=len(self.store.points),
                                steps_since_parent=self._steps_since_parent,
                                forces=constrained(atoms, prediction.forces), free=free,
-                               force_spread=prediction.force_spread)
+                               force_spread=prediction.force_spread, displacement=displacement)
         reason = self.policy.reason(context)
         if reason is None:
             energy = prediction.energy + self.offset

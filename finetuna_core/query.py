@@ -24,6 +24,7 @@ class QueryContext:
     forces: np.ndarray  # (N, 3) surrogate forces with constraints applied
     free: np.ndarray  # (N,) bool, atoms the optimizer may move
     force_spread: np.ndarray | None  # (N,) ensemble spread per atom, if the surrogate has one
+    displacement: float = 0.0  # largest move of a free atom since the last parent point (Angstrom)
 
     @property
     def fmax(self) -> float:
@@ -91,6 +92,22 @@ class Uncertainty(QueryRule):
 
 
 @dataclass(frozen=True)
+class TrustRadius(QueryRule):
+    """Ask the parent when a free atom moved more than ``radius`` since the last parent point.
+
+    Not in the paper: a guard for surrogates far from the parent's physics, which can otherwise
+    lead the optimizer a long way into regions no parent point supports.
+    """
+
+    radius: float = 0.5
+
+    def reason(self, context: QueryContext) -> str | None:
+        if context.displacement > self.radius:
+            return f"moved {context.displacement:.2f} A from the last parent point (> {self.radius})"
+        return None
+
+
+@dataclass(frozen=True)
 class AnyRule(QueryRule):
     """The first rule (in order) that asks for the parent decides."""
 
@@ -112,10 +129,16 @@ POLICIES = ("relax-only", "k-steps", "uncertainty")
 
 
 def make_policy(name: str = "relax-only", fmax: float = 0.03, k: int = 100, threshold: float = 0.05,
-                initial_points: int = 1, extra: Sequence[QueryRule] = ()) -> AnyRule:
-    """The paper's policies by name; every one includes relax-only and the initial points."""
+                initial_points: int = 1, trust_radius: float | None = None,
+                extra: Sequence[QueryRule] = ()) -> AnyRule:
+    """The paper's policies by name; every one includes relax-only and the initial points.
+
+    ``trust_radius`` adds :class:`TrustRadius` (not in the paper; off by default).
+    """
     rules: list[QueryRule] = [InitialPoints(initial_points)] if initial_points > 0 else []
     rules.append(RelaxOnly(fmax))
+    if trust_radius is not None:
+        rules.append(TrustRadius(trust_radius))
     if name == "k-steps":
         rules.append(KSteps(k))
     elif name == "uncertainty":

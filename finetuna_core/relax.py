@@ -211,6 +211,8 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
     work.get_potential_energy()
     frames = read(f"{directory}/OUTCAR", format="vasp-out", index=":")
     final = frames[-1]
+    with open(f"{directory}/OSZICAR") as handle:
+        scf_total = sum(1 for line in handle if line[:4] in ("DAV:", "RMM:"))
     resort = calc.resort
     forces = final.get_forces(apply_constraint=False)[resort]
     relaxed = atoms.copy()
@@ -225,6 +227,5 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
         fmax=parent_fmax,
         seconds=time.perf_counter() - started,
         atoms=relaxed,
-        scf_iterations=int(calc.read_number_of_iterations() or 0) if hasattr(calc, "read_number_of_iterations")
-        else None,
+        scf_iterations=scf_total,
     )
