@@ -102,7 +102,8 @@ ERROR_MESSAGES = {
     "brmix": " BRMIX: very serious problems\n the old and the new charge density differ",
     "eddrmm": " WARNING in EDDRMM: call to ZHEGV failed, returncode =   6 3      40",
     "pricel": " internal error in subroutine PRICEL (probably precision problem, try to change SYMPREC in INCAR ?):",
-    "distance": " The distance between some ions is very small. Please check the nearest-neighbor list in the OUTCAR file.",
+    "distance": " The distance between some ions is very small. Please check the nearest-neighbor list in the "
+                "OUTCAR file.",
 }
 
 

@@ -137,7 +137,8 @@ class OutcarWriter:
         w(f"   ISMEAR = {job.ismear:5d};   SIGMA  = {job.sigma:6.2f}  broadening in eV -4-tet -1-fermi 0-gaus\n\n")
         w(" Electronic relaxation 2 (details)\n")
         w(f"   IALGO  = {48 if job.scf.algo == 'VeryFast' else 38:6d}    algorithm\n")
-        w(f"   IMIX   =      4    mixing-type and parameters\n     AMIX     = {job.scf.amix:6.2f};   BMIX     =   1.00\n\n")
+        w("   IMIX   =      4    mixing-type and parameters\n")
+        w(f"     AMIX     = {job.scf.amix:6.2f};   BMIX     =   1.00\n\n")
         w(" Write flags\n")
         w(f"   LWAVE        =      {'T' if job.lwave else 'F'}    write WAVECAR\n")
 

@@ -14,9 +14,9 @@ from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
 from ase.io import read
 from ase.optimize import BFGS, FIRE
-
 from conftest import MOCK_VASP, SHARED, mock_processes
 from helpers import co_on_cu
+
 from vasp_interactive import RestartRefused, VaspExited, VaspInteractive, VaspSetupError
 
 PARAMS = dict(xc="PBE", kpts=(1, 1, 1), encut=300, ediff=1e-6)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MOCK_VASP, run_quiet
 
 CHECK = str(Path(sys.executable).parent / "vasp-interactive")

@@ -10,8 +10,8 @@ import pytest
 from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
-
 from conftest import MOCK_VASP
+
 from finetuna_core.learner import OnlineLearner
 from finetuna_core.query import make_policy
 from finetuna_core.relax import relax, relax_parent_only

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS
+from helpers import co_on_cu
 
 from finetuna_core.learner import constrained
 from finetuna_core.metrics import score, score_all
@@ -13,7 +14,6 @@ from finetuna_core.query import InitialPoints, KSteps, QueryContext, RelaxOnly, 
 from finetuna_core.relax import rebuild_bfgs_hessian
 from finetuna_core.store import RunStore
 from finetuna_core.surrogates.base import LabelledPoint
-from helpers import co_on_cu
 
 
 def context(step=5, parent_calls=2, since=3, fmax=0.5, spread=None, natoms=4):
@@ -58,7 +58,8 @@ def emt_points(n=4, seed=0):
     points = []
     for _ in range(n):
         atoms.positions[-3:] += rng.normal(scale=0.05, size=(3, 3))
-        points.append(LabelledPoint(atoms.copy(), atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)))
+        forces = atoms.get_forces(apply_constraint=False)
+        points.append(LabelledPoint(atoms.copy(), atoms.get_potential_energy(), forces))
     return atoms, points
 
 

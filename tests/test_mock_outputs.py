@@ -24,7 +24,6 @@ def test_single_point_through_ase_vasp(tmp_path):
     calc = Vasp(directory=str(tmp_path), command=MOCK_VASP, xc="PBE", kpts=(2, 2, 1), encut=300,
                 ismear=0, sigma=0.1, isif=2)
     atoms.calc = calc
-    forces = atoms.get_forces()
     stress = atoms.get_stress()
     energy, ref_forces, ref_stress = emt_reference(atoms)
     assert atoms.get_potential_energy(force_consistent=True) == pytest.approx(energy, abs=1e-6)

@@ -6,11 +6,9 @@ import os
 import signal
 import time
 
-import numpy as np
 import psutil
 import pytest
 from ase.io import read
-
 from conftest import MOCK_VASP, run_quiet
 from helpers import RawVasp, co_on_cu, write_inputs
 

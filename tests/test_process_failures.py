@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import MOCK_VASP, mock_processes
 from helpers import co_on_cu
+
 from vasp_interactive import (
     SilenceTimeout,
     StartupTimeout,

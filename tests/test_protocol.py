@@ -149,7 +149,8 @@ def test_spin_polarised_line_and_fortran_numbers():
 
 def test_known_failures_are_classified():
     parser = StreamParser(2)
-    events = feed_all(parser, [" ZBRENT: fatal error in bracketing", " Error EDDDAV: Call to ZHEGV failed. Returncode =   7"])
+    events = feed_all(parser, [" ZBRENT: fatal error in bracketing",
+                               " Error EDDDAV: Call to ZHEGV failed. Returncode =   7"])
     kinds = [e.error for e in events if isinstance(e, ErrorMessage)]
     assert kinds == [ZbrentError, EigensolverError]
     assert all(isinstance(e, ErrorMessage) for e in events)
