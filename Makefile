@@ -38,7 +38,7 @@ $(FAIRCHEM_STAMP): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m finetuna_core.demo
+	$(VENV)/bin/finetuna demo
 
 test: $(STAMP) $(GPAW_STAMP) $(FAIRCHEM_STAMP)
 	@status=0; $(PY) -m pytest || status=$$?; \

@@ -50,25 +50,41 @@ class RelaxResult:
 
 
 class CountingCalculator(Calculator):
-    """Passes force calls to ``inner`` and counts them (a baseline's DFT calls)."""
+    """Passes force calls to ``inner`` and counts them (a baseline's DFT calls).
+
+    With a :class:`~finetuna_core.store.RunStore`, every point is saved as it is computed and a
+    structure met before (a restarted, deterministic relaxation) is answered from the store.
+    """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, inner: Calculator):
+    def __init__(self, inner: Calculator, store=None):
         Calculator.__init__(self)
         self.inner = inner
+        self.store = store
         self.calls = 0
+        self.reused = 0
         self.seconds = 0.0
 
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
+        self.calls += 1
+        stored = self.store.lookup(self.atoms) if self.store is not None else None
+        if stored is not None:
+            self.reused += 1
+            energy = stored.point.energy
+            self.results = {"energy": energy, "free_energy": energy, "forces": np.array(stored.point.forces)}
+            return
         started = time.perf_counter()
         work = self.atoms.copy()
         work.calc = self.inner
         energy = float(work.get_potential_energy())
-        self.results = {"energy": energy, "free_energy": energy, "forces": work.get_forces(apply_constraint=False)}
-        self.calls += 1
-        self.seconds += time.perf_counter() - started
+        forces = work.get_forces(apply_constraint=False)
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if self.store is not None:
+            self.store.add(LabelledPoint(self.atoms, energy, forces), "parent-only optimizer", seconds_parent=seconds)
 
 
 def rebuild_bfgs_hessian(optimizer: BFGS, points: list[LabelledPoint]) -> None:
@@ -157,10 +173,13 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
 
 
 def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, optimizer: str = "bfgs",
-                      maxstep: float = 0.2, steps: int = 1000) -> RelaxResult:
-    """The parent alone with an ASE optimizer (``bfgs``, ``gpmin`` or ``fire``)."""
+                      maxstep: float = 0.2, steps: int = 1000, store=None) -> RelaxResult:
+    """The parent alone with an ASE optimizer (``bfgs``, ``gpmin`` or ``fire``).
+
+    ``store``: a RunStore that keeps every parent point (a rerun reuses them instead of recomputing).
+    """
     started = time.perf_counter()
-    counter = CountingCalculator(parent)
+    counter = CountingCalculator(parent, store)
     atoms.calc = counter
     cls = OPTIMIZERS[optimizer]
     kwargs = {"maxstep": maxstep} if cls in (BFGS, FIRE) else {}
@@ -177,6 +196,7 @@ def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, opti
         seconds=time.perf_counter() - started,
         atoms=atoms.copy(),
         scf_iterations=_scf_total(parent),
+        extra={"reused_points": counter.reused},
     )
 
 

@@ -136,6 +136,39 @@ def test_sigkill_of_the_driver_leaves_nothing(tmp_path, use_mpi, request):
     assert_nothing_left(tree, timeout=5.0)
 
 
+PAUSED_DRIVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from helpers import co_on_cu
+    from vasp_interactive import VaspInteractive
+    atoms = co_on_cu()
+    calc = VaspInteractive(command={command!r}, directory={directory!r}, xc="PBE")
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    report = calc.pause()
+    print("ready", calc.session.process.pid, report.paused, flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("use_mpi", [False, True])
+def test_sigkill_of_the_driver_while_vasp_is_paused(tmp_path, use_mpi, request):
+    """A stopped process ignores SIGTERM: the watchdog sidecar resumes and ends it."""
+    command = [MOCK_VASP]
+    if use_mpi:
+        command = [request.getfixturevalue("mpirun"), "-np", "2", MOCK_VASP]
+    script = PAUSED_DRIVER.format(tests=str(TESTS), command=command, directory=str(tmp_path))
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    words = driver.stdout.readline().split()
+    assert words[0] == "ready" and words[2] == "True", words
+    pid = int(words[1])
+    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    assert any(psutil.Process(p).status() == psutil.STATUS_STOPPED for p in tree)
+    driver.kill()
+    driver.wait()
+    assert_nothing_left(tree, timeout=10.0)
+
+
 def test_sigint_during_a_step_keeps_finished_steps(tmp_path):
     driver, tree = start_driver(tmp_path, [MOCK_VASP], {"faults": {"slow_step_seconds": 0.8}})
     time.sleep(2.5)

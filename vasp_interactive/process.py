@@ -105,15 +105,59 @@ def resolve_command(command: str | Sequence[str]) -> list[str]:
     return argv
 
 
+# Runs in its own small process: waits until the driver's end of a pipe closes (the driver ended
+# VASP, or died in any way, SIGKILL included), then clears VASP's session: SIGCONT (a paused rank
+# ignores SIGTERM), SIGTERM, and SIGKILL after a grace period.
+_WATCHDOG = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+fd, sid, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+while os.read(fd, 4096):
+    pass
+def members():
+    found = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open('/proc/' + name + '/stat') as handle:
+                    fields = handle.read().rsplit(')', 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != 'Z':
+                    found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+alive = members()
+for signum in (signal.SIGCONT, signal.SIGTERM):
+    for pid in alive:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+deadline = time.monotonic() + grace
+while alive and time.monotonic() < deadline:
+    time.sleep(0.05)
+    alive = members()
+for pid in alive:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
 class VaspProcess:
     """One launched VASP command (launcher and ranks) in its own session."""
 
-    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str] | None = None):
+    def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str] | None = None,
+                 watchdog_grace: float = 5.0):
         self.argv = list(argv)
         self.directory = Path(directory)
         self.env = env
         self.popen: subprocess.Popen | None = None
         self.started_at = 0.0
+        self.watchdog_grace = watchdog_grace
+        self._watchdog: subprocess.Popen | None = None
+        self._watchdog_pipe: int | None = None
 
     def start(self) -> None:
         parent = os.getpid()
@@ -136,6 +180,39 @@ class VaspProcess:
         except OSError as error:
             raise VaspStartError(f"could not launch {' '.join(self.argv)!r}: {error}") from error
         self.started_at = time.monotonic()
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """A sidecar that clears VASP's session if this Python process disappears."""
+        if not os.path.isdir("/proc"):
+            return
+        import sys
+
+        read_end, write_end = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(read_end), str(self.pid),
+                 str(self.watchdog_grace)],
+                pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            self._watchdog_pipe = write_end
+        except OSError:
+            os.close(write_end)
+        finally:
+            os.close(read_end)
+
+    def _release_watchdog(self, timeout: float) -> None:
+        """Tell the sidecar this driver is done with VASP (it then clears leftovers and exits)."""
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)
+            self._watchdog_pipe = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(timeout=timeout + self.watchdog_grace)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
 
     @property
     def pid(self) -> int:
@@ -226,6 +303,7 @@ class VaspProcess:
                 pass
         self.reap(grace)
         psutil.wait_procs([p for p in leftovers if p.pid != self.pid], timeout=grace)
+        self._release_watchdog(grace)
         return self.returncode
 
     def reap(self, timeout: float) -> int | None:
