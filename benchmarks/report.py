@@ -80,6 +80,15 @@ def build() -> str:
                                          ("median_seconds_fit", "fit s"),
                                          ("median_seconds_per_call", "s per call incl. J")]), ""]
 
+    campaign = _load("campaign_throughput")
+    if campaign:
+        out += ["## 6. Campaign throughput (Dask, local cluster)", "", f"Setup: {campaign['setup']}.", "",
+                _table(campaign["rows"], [("workers", "workers"), ("relaxations", "relaxations"),
+                                          ("converged", "converged"), ("wall_s", "wall s"),
+                                          ("per_minute", "per minute"), ("task_s_median", "task s (median)"),
+                                          ("overhead_per_task_s", "overhead per task s"),
+                                          ("empty_task_ms", "empty Dask task ms")]), ""]
+
     wall = _load("walltime_model")
     if wall:
         out += ["## 4. Wall-time model", "",

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from benchmarks import (
+    campaign_throughput,
     finetune_oc20,
     interactive_overhead,
     mock_vasp_speed,
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
         ("relaxation_methods", lambda: relaxation_methods.main(quick)),
         ("finetune_oc20", lambda: finetune_oc20.main(
             ["--quick", "--out", str(RESULTS / "finetune_oc20_quick.json")] if args.quick else [])),
+        ("campaign_throughput", lambda: campaign_throughput.main(quick)),
         ("walltime_model", lambda: walltime_model.main(quick)),
     ]
     skip = set(args.skip.split(","))
