@@ -154,6 +154,20 @@ def test_nsw_exhaustion_ends_after_the_last_result(tmp_path):
     assert reply[-3].split()[:2] == ["3", "F="] and reply[-2] == " writing wavefunctions"
     assert raw.finish() == 0
     assert len(read(tmp_path / "OUTCAR", format="vasp-out", index=":")) == 3
+    assert len(read(tmp_path / "vasprun.xml", format="vasp-xml", index=":")) == 3
+    import warnings
+
+    from pymatgen.io.vasp import Oszicar, Outcar, Vasprun
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vasprun = Vasprun(tmp_path / "vasprun.xml")
+        outcar = Outcar(tmp_path / "OUTCAR")
+        oszicar = Oszicar(tmp_path / "OSZICAR")
+    energies = [float(line.split()[2]) for line in raw.lines if " F= " in line]
+    assert [step["e_fr_energy"] for step in vasprun.ionic_steps] == pytest.approx(energies, abs=1e-6)
+    assert outcar.final_fr_energy == pytest.approx(energies[-1], abs=1e-6)
+    assert len(oszicar.ionic_steps) == 3
 
 
 def test_spin_polarised_energy_line(tmp_path):

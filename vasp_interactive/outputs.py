@@ -24,6 +24,7 @@ class _Follower:
         self._offset = 0
         self._partial = b""
         self._inode: int | None = None
+        self._on_reset()
 
     def new_lines(self) -> list[str]:
         try:
@@ -61,10 +62,6 @@ def _voigt_from_vasp_kb(xx, yy, zz, xy, yz, zx) -> np.ndarray:
 class OutcarFollower(_Follower):
     """Stress (and the Fermi level) of each completed ionic step in OUTCAR."""
 
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self._on_reset()
-
     def _on_reset(self) -> None:
         self.steps_completed = 0
         self.stress: dict[int, np.ndarray] = {}
@@ -99,10 +96,6 @@ _V = re.compile(r"<v>\s*(\S+)\s+(\S+)\s+(\S+)\s*</v>")
 
 class VasprunFollower(_Follower):
     """Stress of each completed ``<calculation>`` in vasprun.xml."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self._on_reset()
 
     def _on_reset(self) -> None:
         self.steps_completed = 0

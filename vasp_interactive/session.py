@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -338,15 +338,6 @@ class VaspSession:
             name += "+psutil"
         verified = (stopped == seen and seen > 0) if paused else stopped == 0
         return PauseReport(paused, name, verified, stopped, seen, time.monotonic() - started, note)
-
-    @contextlib.contextmanager
-    def paused_context(self) -> Iterator[PauseReport]:
-        report = self.pause()
-        try:
-            yield report
-        finally:
-            if report.paused:
-                self.resume()
 
     # ------------------------------------------------------------------ stopping
     def close(self) -> int | None:
