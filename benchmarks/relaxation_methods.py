@@ -186,7 +186,8 @@ def figures(runs: dict, scores, prefix: str) -> list[str]:
     return paths
 
 
-def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict, fresh: bool) -> dict:
+def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict, fresh: bool,
+            report_only: bool = False) -> dict:
     from finetuna_core.metrics import score_all
 
     out = RESULTS / f"relaxation_{label}.json"
@@ -200,6 +201,9 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
         progress = tqdm(total=len(systems) * len(methods), desc=label, unit="run")
     except ImportError:
         progress = None
+    if report_only:  # score what earlier (possibly interrupted) runs finished
+        runs = {name: result for name, result in runs.items() if all(m in result for m in methods)}
+        systems = {}
     for name, atoms in systems.items():
         if name in runs and all(m in runs[name] for m in methods):
             if progress:
@@ -252,6 +256,8 @@ def main(argv=None) -> dict:
                         / "oc20_finetuna")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--fresh", action="store_true", help="ignore finished systems in earlier results")
+    parser.add_argument("--report-only", action="store_true",
+                        help="score and plot the systems finished by earlier (possibly interrupted) runs")
     args = parser.parse_args(argv)
     prepare_environment()
     warnings.filterwarnings("ignore")
@@ -268,12 +274,12 @@ def main(argv=None) -> dict:
     sets = args.sets.split(",")
     if "emt" in sets:
         results["emt"] = run_set("emt", emt_systems(3 if args.quick else 24), {"backend": "emt"}, methods,
-                                 surrogates, args.fresh)
+                                 surrogates, args.fresh, args.report_only)
     if "oc20" in sets:
         if args.oc20.is_dir():
             names = ["random1447590"] if args.quick else None
             results["oc20"] = run_set("oc20", oc20_systems(args.oc20, names), STAND_IN, methods, surrogates,
-                                      args.fresh)
+                                      args.fresh, args.report_only)
         else:
             print(f"OC20 systems not found at {args.oc20}: skipped")
     if args.structures:
