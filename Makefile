@@ -20,13 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[all]'
 	touch $@
 
-# GPAW (a real DFT code used as a physics backend of the fake VASP): needs libxc and OpenBLAS.
+# GPAW (a real DFT code used as a physics backend of the fake VASP); see tools/install_gpaw.sh.
 $(GPAW_STAMP): $(STAMP)
-	if ! dpkg -s libxc-dev libopenblas-dev >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libxc-dev libopenblas-dev >/dev/null; \
-	  else sudo apt-get install -y -qq libxc-dev libopenblas-dev >/dev/null; fi; fi
-	printf "mpi = False\nlibraries = ['xc', 'blas']\n" > $(VENV)/gpaw-siteconfig.py
-	CC=g++ GPAW_CONFIG=$(abspath $(VENV))/gpaw-siteconfig.py $(PIP) install --quiet -c constraints.txt gpaw
+	bash tools/install_gpaw.sh $(VENV)
 	touch $@
 
 gpaw: $(GPAW_STAMP)
