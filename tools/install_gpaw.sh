@@ -12,7 +12,8 @@ if ! have_libs && command -v apt-get >/dev/null 2>&1; then
     (sudo apt-get update -qq && sudo apt-get install -y -qq libxc-dev libopenblas-dev >/dev/null) || true
   fi
 fi
-config="$1/gpaw-siteconfig.py"
+# GPAW builds in a temporary directory: the config path must be absolute.
+config="$(cd "$1" && pwd)/gpaw-siteconfig.py"
 if have_libs; then
   printf "mpi = False\nlibraries = ['xc', 'blas']\n" > "$config"
 else
