@@ -65,8 +65,11 @@ def close_all(calculators: list[Calculator]) -> None:
 
 def run_neb(initial, final, images: int, directory: str | os.PathLike, make_parent: Callable[[Path], Calculator],
             make_learner: Callable | None = None, fmax: float = 0.05, steps: int = 500, climb: bool = False,
-            optimizer: str = "fire") -> dict[str, Any]:
-    """Interpolate ``images`` moving images (IDPP), relax the band; returns barrier and images."""
+            optimizer: str = "fire", method: str = "improvedtangent") -> dict[str, Any]:
+    """Interpolate ``images`` moving images (IDPP), relax the band; returns barrier and images.
+
+    ``method`` is ASE's NEB tangent method (``improvedtangent``, ``aseneb``, ``eb``, ``spline``, ``string``).
+    """
     from ase.mep import NEB
     from ase.optimize import BFGS, FIRE
 
@@ -78,7 +81,7 @@ def run_neb(initial, final, images: int, directory: str | os.PathLike, make_pare
         end.calc = make_parent(Path(directory) / ("initial" if end is band[0] else "final"))
     try:
         energies_ends = [end.get_potential_energy() for end in (band[0], band[-1])]
-        neb = NEB(band, climb=climb)
+        neb = NEB(band, climb=climb, method=method)
         neb.interpolate(method="idpp")
         opt = (FIRE if optimizer == "fire" else BFGS)(neb, logfile=None)
         converged = opt.run(fmax=fmax, steps=steps)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from . import slurm
 from .errors import VaspSetupError, VaspStartError
 from .settings import PauseSettings
 
@@ -107,7 +108,7 @@ def resolve_command(command: str | Sequence[str]) -> list[str]:
 
 # Runs in its own small process: waits until the driver's end of a pipe closes (the driver ended
 # VASP, or died in any way, SIGKILL included), then clears VASP's session: SIGCONT (a paused rank
-# ignores SIGTERM), SIGTERM, and SIGKILL after a grace period.
+# ignores SIGTERM), SIGTERM, and SIGKILL after a grace period; then scancels a named Slurm step.
 _WATCHDOG = """
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -142,6 +143,17 @@ for pid in alive:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+if len(sys.argv) > 4:  # a Slurm step: its tasks are not in the session
+    import subprocess
+    try:
+        listed = subprocess.run(['squeue', '--noheader', '--steps', '--jobs', os.environ.get('SLURM_JOB_ID', ''),
+                                 '--format=%i %j'], capture_output=True, text=True, timeout=30).stdout
+        for line in listed.splitlines():
+            fields = line.split(None, 1)
+            if len(fields) == 2 and fields[1].strip() == sys.argv[4]:
+                subprocess.run(['scancel', fields[0]], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass
 """
 
 
@@ -150,7 +162,7 @@ class VaspProcess:
 
     def __init__(self, argv: Sequence[str], directory: Path, env: dict[str, str] | None = None,
                  watchdog_grace: float = 5.0):
-        self.argv = list(argv)
+        self.argv, self.slurm_step_name = slurm.name_step(argv)
         self.directory = Path(directory)
         self.env = env
         self.popen: subprocess.Popen | None = None
@@ -192,7 +204,7 @@ class VaspProcess:
         try:
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(read_end), str(self.pid),
-                 str(self.watchdog_grace)],
+                 str(self.watchdog_grace), *([self.slurm_step_name] if self.slurm_step_name else [])],
                 pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True)
             self._watchdog_pipe = write_end
@@ -303,6 +315,8 @@ class VaspProcess:
                 pass
         self.reap(grace)
         psutil.wait_procs([p for p in leftovers if p.pid != self.pid], timeout=grace)
+        if self.slurm_step_name is not None:
+            slurm.cancel_step(self.slurm_step_name)  # the step's tasks are not in this session
         self._release_watchdog(grace)
         return self.returncode
 
@@ -357,6 +371,10 @@ class PauseStrategy(ABC):
     @abstractmethod
     def resume(self, process: VaspProcess) -> None: ...
 
+    def ranks(self, process: VaspProcess) -> list[psutil.Process]:
+        """The local compute processes whose state tells whether the pause worked."""
+        return process.rank_processes()
+
 
 class OpenMpiLauncherSignal(PauseStrategy):
     """SIGTSTP to Open MPI's ``mpirun``, which stops its ranks with SIGSTOP; SIGCONT resumes."""
@@ -371,19 +389,29 @@ class OpenMpiLauncherSignal(PauseStrategy):
 
 
 class LocalProcessSignal(PauseStrategy):
-    """SIGSTOP / SIGCONT to every local process of the run (any launcher, this node only)."""
+    """SIGSTOP / SIGCONT to every local process of the run (any launcher, this node only).
+
+    ``targets`` replaces the session's ranks (a Slurm step's tasks live outside the session).
+    """
 
     name = "psutil"
 
+    def __init__(self, targets: Callable[[VaspProcess], list[psutil.Process]] | None = None) -> None:
+        self.targets = targets
+
+    def ranks(self, process: VaspProcess) -> list[psutil.Process]:
+        return self.targets(process) if self.targets else process.rank_processes()
+
     def pause(self, process: VaspProcess) -> None:
-        for rank in process.rank_processes():
+        for rank in self.ranks(process):
             try:
                 rank.suspend()
             except psutil.Error:
                 continue
 
     def resume(self, process: VaspProcess) -> None:
-        for member in process.session_processes():
+        members = process.session_processes() + (self.targets(process) if self.targets else [])
+        for member in members:
             try:
                 member.resume()
             except psutil.Error:
@@ -391,35 +419,33 @@ class LocalProcessSignal(PauseStrategy):
 
 
 class SlurmStepSignal(PauseStrategy):
-    """``scancel --signal=STOP|CONT <job>.<step>`` for ranks that may live on other nodes."""
+    """``scancel --signal=STOP|CONT <job>.<step>`` for ranks that may live on other nodes.
+
+    The step is found by the name given to this run's ``srun`` (see :mod:`.slurm`); only the tasks on
+    this node can be checked, so a pause of a step with no local task is reported unverified.
+    """
 
     name = "slurm"
 
     def __init__(self) -> None:
         self.step: str | None = None
+        self._tasks: list[psutil.Process] | None = None
 
     def _find_step(self, process: VaspProcess) -> str:
         if self.step is None:
-            job = os.environ.get("SLURM_JOB_ID")
-            output = subprocess.run(
-                ["squeue", "--noheader", "--steps", "--jobs", str(job), "--format=%i"],
-                capture_output=True, text=True, timeout=30, check=True,
-            ).stdout.split()
-            steps = [s for s in output if "." in s and s.split(".")[1].isdigit()]
-            if not steps:
-                raise RuntimeError(f"no Slurm step of job {job} found by squeue")
-            self.step = max(steps, key=lambda s: int(s.split(".")[1]))
+            self.step = slurm.find_step(process.slurm_step_name)
         return self.step
 
-    def _signal(self, process: VaspProcess, name: str) -> None:
-        subprocess.run(["scancel", f"--signal={name}", self._find_step(process)],
-                       capture_output=True, text=True, timeout=30, check=True)
+    def ranks(self, process: VaspProcess) -> list[psutil.Process]:
+        if self._tasks is None:
+            self._tasks = slurm.local_tasks(self._find_step(process))
+        return [task for task in self._tasks if _is_alive(task)]
 
     def pause(self, process: VaspProcess) -> None:
-        self._signal(process, "STOP")
+        slurm.signal_step(self._find_step(process), "STOP")
 
     def resume(self, process: VaspProcess) -> None:
-        self._signal(process, "CONT")
+        slurm.signal_step(self._find_step(process), "CONT")
 
 
 def choose_strategy(process: VaspProcess, settings: PauseSettings) -> PauseStrategy | None:
@@ -434,7 +460,7 @@ def choose_strategy(process: VaspProcess, settings: PauseSettings) -> PauseStrat
 
 
 def _uses_slurm(argv: Sequence[str]) -> bool:
-    return Path(argv[0]).name == "srun" and "SLURM_JOB_ID" in os.environ and shutil.which("scancel") is not None
+    return slurm.is_srun(argv) and slurm.in_allocation() and shutil.which("scancel") is not None
 
 
 def _is_open_mpi_launcher(process: VaspProcess) -> bool:
@@ -459,8 +485,12 @@ def _open_mpi_flavour(launcher: str) -> bool:
     return "Open MPI" in version or "OpenRTE" in version or "PRRTE" in version
 
 
-def stopped_ranks(process: VaspProcess) -> tuple[int, int]:
-    ranks = process.rank_processes()
+RankFinder = Callable[[VaspProcess], list[psutil.Process]]
+
+
+def stopped_ranks(process: VaspProcess, ranks_of: RankFinder | None = None) -> tuple[int, int]:
+    """How many of the run's local ranks are stopped, and how many there are."""
+    ranks = (ranks_of or VaspProcess.rank_processes)(process)
     stopped = 0
     for rank in ranks:
         try:
@@ -471,12 +501,13 @@ def stopped_ranks(process: VaspProcess) -> tuple[int, int]:
     return stopped, len(ranks)
 
 
-def wait_for_rank_state(process: VaspProcess, want_stopped: bool, timeout: float) -> tuple[int, int]:
+def wait_for_rank_state(process: VaspProcess, want_stopped: bool, timeout: float,
+                        ranks_of: RankFinder | None = None) -> tuple[int, int]:
     """Poll the local ranks' scheduler state (there is no event for another process stopping)."""
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
-        stopped, seen = stopped_ranks(process)
+        stopped, seen = stopped_ranks(process, ranks_of)
         done = stopped == seen if want_stopped else stopped == 0
         if done or time.monotonic() >= deadline:
             return stopped, seen

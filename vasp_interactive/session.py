@@ -34,6 +34,7 @@ from .process import (
     PauseStrategy,
     VaspProcess,
     choose_strategy,
+    stopped_ranks,
     wait_for_rank_state,
 )
 from .protocol import (
@@ -291,25 +292,47 @@ class VaspSession:
             self._strategy = choose_strategy(self.process, self.settings.pause)
         if self._strategy is None:
             return PauseReport(False, "none", False, 0, 0, 0.0, "pausing is disabled")
+        strategy = self._strategy
         self._fallback = None
         try:
-            self._strategy.pause(self.process)
+            strategy.pause(self.process)
         except Exception as error:  # noqa: BLE001 - fall back to direct signals
-            self._fallback = LocalProcessSignal()
-            self._fallback.pause(self.process)
-            note = f"{self._strategy.name} failed ({error}); used psutil"
+            fallback = self._local_fallback()
+            if not fallback.ranks(self.process):
+                return PauseReport(False, strategy.name, False, 0, 0, time.monotonic() - started,
+                                   f"{strategy.name} failed ({error}); no local rank found, nothing paused")
+            self._fallback = fallback
+            fallback.pause(self.process)
             self.paused = True
-            return self._report(True, started, note)
+            return self._report(True, started, f"{strategy.name} failed ({error}); used psutil")
         self.paused = True
         note = ""
         if self.settings.pause.verify:
-            stopped, seen = wait_for_rank_state(self.process, True, self.settings.pause.verify_timeout)
-            if stopped < seen and not isinstance(self._strategy, LocalProcessSignal):
-                self._fallback = LocalProcessSignal()
+            timeout = self.settings.pause.verify_timeout
+            stopped, seen = wait_for_rank_state(self.process, True, timeout, self._ranks)
+            if stopped < seen and not isinstance(strategy, LocalProcessSignal):
+                self._fallback = self._local_fallback()
                 self._fallback.pause(self.process)
-                note = f"{self._strategy.name} left {seen - stopped} of {seen} ranks running; used psutil"
-                wait_for_rank_state(self.process, True, self.settings.pause.verify_timeout)
+                note = f"{strategy.name} left {seen - stopped} of {seen} ranks running; used psutil"
+                wait_for_rank_state(self.process, True, timeout, self._ranks)
+            elif seen == 0:
+                note = f"no rank of this run on this node to check; trusted {strategy.name}"
         return self._report(True, started, note)
+
+    def _ranks(self, process: VaspProcess) -> list:
+        return self._strategy.ranks(process) if self._strategy is not None else process.rank_processes()
+
+    def _local_fallback(self) -> LocalProcessSignal:
+        """Direct SIGSTOP to the ranks the strategy knows (for Slurm: the step's local tasks)."""
+        strategy = self._strategy
+
+        def targets(process: VaspProcess) -> list:
+            try:
+                return strategy.ranks(process) if strategy is not None else process.rank_processes()
+            except Exception:  # noqa: BLE001 - e.g. squeue failed: srun is no rank, stop nothing
+                return []
+
+        return LocalProcessSignal(targets)
 
     def resume(self) -> PauseReport:
         started = time.monotonic()
@@ -319,20 +342,21 @@ class VaspSession:
             try:
                 self._strategy.resume(self.process)
             except Exception:  # noqa: BLE001
-                LocalProcessSignal().resume(self.process)
+                self._local_fallback().resume(self.process)
         if self._fallback is not None:
             self._fallback.resume(self.process)
         self.paused = False
         if self.settings.pause.verify:
-            wait_for_rank_state(self.process, False, self.settings.pause.verify_timeout)
+            wait_for_rank_state(self.process, False, self.settings.pause.verify_timeout, self._ranks)
         if self.stream is not None:
             self.stream.last_activity = time.monotonic()
         return self._report(False, started, "")
 
     def _report(self, paused: bool, started: float, note: str) -> PauseReport:
-        from .process import stopped_ranks
-
-        stopped, seen = stopped_ranks(self.process) if self.process.alive else (0, 0)
+        try:
+            stopped, seen = stopped_ranks(self.process, self._ranks) if self.process.alive else (0, 0)
+        except Exception:  # noqa: BLE001 - the ranks could not be listed (e.g. squeue failed)
+            stopped, seen = 0, 0
         name = self._strategy.name if self._strategy else "none"
         if self._fallback is not None:
             name += "+psutil"
