@@ -285,7 +285,9 @@ class Run:
         self.vasprun.scf(shown, now - self._clock)
         self._clock = now
         self._scf_faults(line.index)
-        found = read_stopcar(self.directory)
+        # With the machine-learned force field on, VASP does not honour STOPCAR reliably (vasp-facts
+        # §4): the fake ignores it altogether, so drivers must stop it with SIGINT.
+        found = None if self.job.incar.get_bool("ML_LMLFF") else read_stopcar(self.directory)
         if found and self.stop is None:
             self.stop = found
         return self.stop == "LABORT"

@@ -269,3 +269,44 @@ def test_killed_vasp_is_reported(tmp_path):
 
 def test_no_fake_vasp_left_by_this_module():
     assert not mock_processes()
+
+
+def test_ml_force_field_run_is_stopped_with_sigint(tmp_path):
+    """VASP's ML force field ignores STOPCAR (the fake too): close() must use SIGINT, and does."""
+    atoms = co_on_cu()
+    calc = VaspInteractive(command=MOCK_VASP, directory=tmp_path / "sigint", ml_lmlff=True, **PARAMS)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert "ML_LMLFF = .TRUE." in (tmp_path / "sigint" / "INCAR").read_text()
+    atoms.positions[-1, 2] += 0.01
+    atoms.get_potential_energy()
+    pids, session = session_pids(calc), calc.session
+    calc.close()
+    assert session.process.returncode == -signal.SIGINT
+    assert_nothing_left(pids)
+    assert not (tmp_path / "sigint" / "STOPCAR").exists()
+
+    # The same run stopped the STOPCAR way: the fake carries on, and only the escalation ends it.
+    calc = VaspInteractive(command=MOCK_VASP, directory=tmp_path / "stopcar", ml_lmlff=True,
+                           timeouts=Timeouts(stop=1.0), **PARAMS)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    calc.session.stop_with_signal = False
+    pids, session = session_pids(calc), calc.session
+    calc.close()
+    assert session.process.returncode == -signal.SIGTERM
+    assert_nothing_left(pids)
+    assert "hard stop" not in (tmp_path / "stopcar" / "vasp.out").read_text()
+    assert not (tmp_path / "stopcar" / "STOPCAR").exists()  # it would stop the next run at once
+
+
+def test_stale_stopcar_is_removed_before_start(tmp_path):
+    (tmp_path / "STOPCAR").write_text("LABORT = .TRUE.\n")
+    atoms = co_on_cu()
+    with pytest.warns(UserWarning, match="stale"), VaspInteractive(command=MOCK_VASP, directory=tmp_path,
+                                                                   **PARAMS) as calc:
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        atoms.positions[-1, 2] += 0.01
+        atoms.get_potential_energy()
+        assert calc.session.usable and not calc.session.hard_stop_seen

@@ -320,6 +320,15 @@ class VaspProcess:
         self._release_watchdog(grace)
         return self.returncode
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code if the launcher ends within ``timeout``, else None (nothing is killed)."""
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
     def reap(self, timeout: float) -> int | None:
         """Collect the launcher's exit status (only ``Popen`` reaps it, so the code stays true)."""
         if self.popen is None:

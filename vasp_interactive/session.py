@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ class VaspSession:
     def start(self, frac: np.ndarray, lattice: np.ndarray) -> StepResult:
         """Launch VASP on the input files already written and return its first result."""
         self._frac, self._lattice = frac.copy(), lattice.copy()
+        stale = self.directory / "STOPCAR"
+        if stale.exists():  # left by a run that was killed: VASP would stop at its first SCF step
+            warnings.warn(f"removed a stale {stale} before starting VASP", stacklevel=3)
+            stale.unlink()
         self.process.start()
         popen = self.process.popen
         self.stream = LineStream(popen.stdout, popen.stderr, self._txt, self.settings.stdout_tail_lines,
@@ -405,18 +410,17 @@ class VaspSession:
                     break  # this VASP does not stop after the hard stop; signals will do it
                 elif any(isinstance(e, InputAccepted) for e in events):
                     continue
-            self.process.reap(max(0.1, deadline - time.monotonic()))
+            self.process.wait_exit(deadline - time.monotonic())  # then terminate() escalates
         except (VaspError, OSError):
             pass  # the signals below finish the job
         finally:
             with contextlib.suppress(OSError):
-                if stopcar.exists() and not self.process.alive:
-                    stopcar.unlink()
+                stopcar.unlink()  # also when VASP ignored it: it would stop the next run at once
 
     def _stop_with_sigint(self) -> None:
         """VASP with its ML force field ignores STOPCAR reliably only under SIGINT."""
         self.process.signal_session(signal.SIGINT)
-        self.process.reap(self.settings.timeouts.stop) if self.process.alive else None
+        self.process.wait_exit(self.settings.timeouts.stop)
 
     def terminate(self) -> int | None:
         """SIGTERM, then SIGKILL to the captured process tree; reap; stop the reader threads."""
