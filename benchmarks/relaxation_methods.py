@@ -192,26 +192,28 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
 
     out = RESULTS / f"relaxation_{label}.json"
     previous = json.loads(out.read_text()) if out.exists() and not fresh else {}
-    runs = previous.get("runs", {}) if previous.get("methods") == list(methods) else {}
+    runs = previous.get("runs", {})  # finished (system, method) runs are kept whatever is asked now
+    done = sum(all(m in runs.get(name, {}) for m in methods) for name in systems)
     print(f"\n{label}: {len(systems)} systems x {len(methods)} methods "
-          f"({len(runs)} already done, rerun with --fresh to redo)", flush=True)
+          f"({done} systems already done, rerun with --fresh to redo)", flush=True)
     try:
         from tqdm import tqdm
 
         progress = tqdm(total=len(systems) * len(methods), desc=label, unit="run")
     except ImportError:
         progress = None
-    if report_only:  # score what earlier (possibly interrupted) runs finished
-        runs = {name: result for name, result in runs.items() if all(m in result for m in methods)}
+    if report_only:  # score what earlier (possibly interrupted) runs finished; each method on its systems
+        runs = {name: result for name, result in runs.items() if "vasp-cg" in result}
         systems = {}
     for name, atoms in systems.items():
-        if name in runs and all(m in runs[name] for m in methods):
-            if progress:
-                progress.update(len(methods))
+        finished = runs.setdefault(name, {})
+        missing = [m for m in methods if m not in finished]
+        if progress:
+            progress.update(len(methods) - len(missing))
+        if not missing:
             continue
-        runs[name] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for method in methods:
+            for method in missing:
                 started = time.perf_counter()
                 try:
                     runs[name][method] = run_method(method, atoms, Path(tmp) / method, settings, surrogates)
@@ -222,7 +224,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
                 runs[name][method]["wall_seconds"] = time.perf_counter() - started
                 if progress:
                     progress.update(1)
-        _save(out, label, methods, runs, settings, len(atoms))
+                _save(out, label, methods, runs, settings, len(atoms))  # an interruption loses one run
     if progress:
         progress.close()
     scores = score_all(runs, baseline="vasp-cg")
