@@ -93,7 +93,8 @@ def test_psutil_strategy_pauses_serial_vasp(tmp_path):
 
 
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if CI ignores SIGINT
     sys.path.insert(0, {tests!r})
     from helpers import co_on_cu
     from ase.optimize import BFGS
@@ -137,7 +138,8 @@ def test_sigkill_of_the_driver_leaves_nothing(tmp_path, use_mpi, request):
 
 
 PAUSED_DRIVER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if CI ignores SIGINT
     sys.path.insert(0, {tests!r})
     from helpers import co_on_cu
     from vasp_interactive import VaspInteractive
@@ -310,3 +312,20 @@ def test_stale_stopcar_is_removed_before_start(tmp_path):
         atoms.positions[-1, 2] += 0.01
         atoms.get_potential_energy()
         assert calc.session.usable and not calc.session.hard_stop_seen
+
+
+def test_vasp_gets_default_sigint_even_if_the_driver_ignores_it(tmp_path):
+    """A driver started in the background ('python run.py &') ignores SIGINT; VASP must not."""
+    wrapper = tmp_path / "vasp-wrapper"
+    wrapper.write_text(f"#!/bin/sh\ngrep SigIgn /proc/$$/status > sigign.txt\nexec {MOCK_VASP}\n")
+    wrapper.chmod(0o755)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with VaspInteractive(command=str(wrapper), directory=tmp_path / "run", **PARAMS) as calc:
+            atoms = co_on_cu()
+            atoms.calc = calc
+            atoms.get_potential_energy()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    ignored = int((tmp_path / "run" / "sigign.txt").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1))

@@ -32,15 +32,18 @@ from .settings import PauseSettings
 _PR_SET_PDEATHSIG = 1
 
 
-def _libc_prctl() -> Callable | None:
+def _libc_function(name: str) -> Callable | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
 
 
-_PRCTL = _libc_prctl() if os.name == "posix" and os.uname().sysname == "Linux" else None
+_PRCTL = _libc_function("prctl") if os.name == "posix" and os.uname().sysname == "Linux" else None
+_SIGNAL = _libc_function("signal") if os.name == "posix" else None
+if _SIGNAL is not None:
+    _SIGNAL.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    _SIGNAL.restype = ctypes.c_void_p
 
 
 def _child_setup(parent_pid: int) -> Callable[[], None] | None:
@@ -48,6 +51,8 @@ def _child_setup(parent_pid: int) -> Callable[[], None] | None:
         return None
 
     def setup() -> None:  # runs in the child between fork and exec: keep it minimal
+        if _SIGNAL is not None:  # a driver started with '&' ignores SIGINT; VASP must not (ML stop)
+            _SIGNAL(signal.SIGINT, None)  # SIG_DFL; Python's signal() cannot run off the main thread
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
