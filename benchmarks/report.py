@@ -45,7 +45,7 @@ def build() -> str:
     scf = _load("scf_interfaces")
     if scf:
         out += ["## 1. SCF steps by VASP interface (M1 fresh, M2 WAVECAR, M3 interactive)", "",
-                f"Systems: {scf['systems']}.", "",
+                f"Systems: {scf['systems']}." + (" Quick run: GPAW with BFGS only." if scf.get("quick") else ""), "",
                 _table(scf["rows"], [("backend", "physics"), ("method", "method"), ("interface", "interface"),
                                      ("dft_calls", "DFT calls"), ("scf_total", "SCF total"),
                                      ("scf_per_call", "SCF/call"), ("scf_vs_m1", "SCF / M1"),
@@ -61,7 +61,8 @@ def build() -> str:
             continue
         out += [f"## 2. Relaxation methods: {title}", "",
                 f"{len(data['runs'])} systems, fmax = {data['fmax']} eV/A. DFT calls relative to VASP CG (mean with "
-                "standard error, and pooled = sum/sum); accuracy = parent fmax <= 0.03 eV/A and E <= E_CG + 0.02 eV.",
+                "standard error, and pooled = sum/sum); accuracy = parent fmax <= 0.03 eV/A and E <= E_CG + 0.02 eV. "
+                "Each method is scored on the systems it ran on (column `systems`).",
                 "", _table(data["scores"], [("method", "method"), ("systems", "systems"), ("ratio_mean", "calls/CG"),
                                             ("ratio_sem", "sem"), ("ratio_pooled", "pooled"),
                                             ("accuracy", "accuracy")]), ""]
