@@ -272,15 +272,7 @@ class VaspProcess:
 
     def rank_processes(self) -> list[psutil.Process]:
         """The local compute processes: those of the session that spawned nothing themselves."""
-        processes = self.session_processes()
-        parents = set()
-        for process in processes:
-            try:
-                parents.add(process.ppid())
-            except psutil.Error:
-                continue
-        leaves = [p for p in processes if p.pid not in parents]
-        return leaves or processes
+        return leaf_processes(self.session_processes())
 
     def signal_session(self, signum: int) -> None:
         """Send ``signum`` to the whole session (the launcher's group and every rank's group)."""
@@ -353,6 +345,17 @@ class VaspProcess:
                     stream.close()
             except OSError:
                 pass
+
+
+def leaf_processes(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` that are no other's parent (the compute ranks, not launchers or wrappers)."""
+    parents = set()
+    for process in processes:
+        try:
+            parents.add(process.ppid())
+        except psutil.Error:
+            continue
+    return [p for p in processes if p.pid not in parents] or processes
 
 
 def _is_alive(process: psutil.Process) -> bool:
@@ -452,7 +455,7 @@ class SlurmStepSignal(PauseStrategy):
 
     def ranks(self, process: VaspProcess) -> list[psutil.Process]:
         if self._tasks is None:
-            self._tasks = slurm.local_tasks(self._find_step(process))
+            self._tasks = leaf_processes(slurm.local_tasks(self._find_step(process)))
         return [task for task in self._tasks if _is_alive(task)]
 
     def pause(self, process: VaspProcess) -> None:

@@ -98,7 +98,7 @@ def cancel_step(name: str) -> str | None:
 
 
 def local_tasks(step: str) -> list[psutil.Process]:
-    """The step's compute processes on this node, found by their ``SLURM_JOB_ID``/``SLURM_STEP_ID``."""
+    """Every process of the step on this node, found by their ``SLURM_JOB_ID``/``SLURM_STEP_ID``."""
     job, step_id = step.split(".", 1)
     uid = os.getuid()
     found = []
@@ -111,10 +111,4 @@ def local_tasks(step: str) -> list[psutil.Process]:
             continue
         if env.get("SLURM_JOB_ID") == job and env.get("SLURM_STEP_ID") == step_id:
             found.append(process)
-    parents = set()
-    for process in found:
-        try:
-            parents.add(process.ppid())
-        except psutil.Error:
-            continue
-    return [p for p in found if p.pid not in parents] or found
+    return found
