@@ -329,11 +329,10 @@ class VaspSession:
 
     def _local_fallback(self) -> LocalProcessSignal:
         """Direct SIGSTOP to the ranks the strategy knows (for Slurm: the step's local tasks)."""
-        strategy = self._strategy
 
         def targets(process: VaspProcess) -> list:
             try:
-                return strategy.ranks(process) if strategy is not None else process.rank_processes()
+                return self._ranks(process)
             except Exception:  # noqa: BLE001 - e.g. squeue failed: srun is no rank, stop nothing
                 return []
 
