@@ -80,6 +80,17 @@ def build() -> str:
                                          ("median_ratio", "MAE ratio"), ("improved", "improved"),
                                          ("median_seconds_fit", "fit s"),
                                          ("median_seconds_per_call", "s per call incl. J")]), ""]
+        per_system = sorted(
+            ({"sid": r["sid"], "atoms": r["n_atoms"], "free": r["n_free"], "J": r["seconds_jacobian_newest"],
+              "fit": r["seconds_fit"], "call": r["seconds_jacobian_newest"] + r["seconds_fit"]}
+             for r in tune.get("records", []) if r["method"] == "ridge" and r["k"] == 3),
+            key=lambda row: row["atoms"],
+        )
+        if per_system:
+            out += ["Ridge refit with 3 points, cost of one parent call by system size (Jacobian of the newest "
+                    f"point + fit, {tune.get('threads', 2)} CPU threads; the target is <= 1 s at 50 atoms):", "",
+                    _table(per_system, [("sid", "system"), ("atoms", "atoms"), ("free", "free atoms"),
+                                        ("J", "J s"), ("fit", "fit s"), ("call", "s per call")]), ""]
 
     wall = _load("walltime_model")
     if wall:

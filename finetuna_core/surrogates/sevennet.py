@@ -709,6 +709,13 @@ class SevenNetSurrogate(Surrogate):
                     continue
                 if not tangents:
                     continue
+                if self._is_linear_node_module(mod):  # its tangent is the module itself, batched
+                    n_batch = next(iter(tangents.values())).shape[0]
+                    d = {k: rec[k].new_zeros(()).expand(n_batch, *rec[k].shape) for k in node_keys if k in rec}
+                    d.update(tangents)  # a feature without a tangent yet has tangent zero
+                    out_d = mod(d)
+                    tangents = {k: out_d[k] for k in out_keys}
+                    continue
                 keys = [k for k in node_keys if k in tangents]
 
                 def node_fn(
@@ -731,6 +738,21 @@ class SevenNetSurrogate(Surrogate):
             dh = torch.cat([propagate([t[i : i + chunk] for t in geo]) for i in range(0, n_tan, chunk)])
             cols = (dh * self._scale[atom_type].view(1, -1, 1)).sum(1)  # (3 n_free, 128)
         return cols.T.double().cpu().numpy().copy()
+
+    @staticmethod
+    def _is_linear_node_module(mod: Any) -> bool:
+        """Bias-free linear layers and the residual sum: tangents pass through them as inputs do."""
+        from sevenn.nn.linear import IrrepsLinear
+        from sevenn.nn.self_connection import SelfConnectionLinearIntro, SelfConnectionOutro
+
+        if type(mod) is SelfConnectionOutro:
+            return True
+        if type(mod) is IrrepsLinear and getattr(mod, "num_modalities", 1) > 1:
+            return False
+        if type(mod) in (IrrepsLinear, SelfConnectionLinearIntro):
+            bias = getattr(mod.linear, "bias", None)
+            return bias is None or bias.numel() == 0
+        return False
 
     def _linearise_convolution(
         self, mod: Any, embed: Any, edge_vec: torch.Tensor, x_src: torch.Tensor, rec: dict[str, Any], g: _Graph
