@@ -238,14 +238,31 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
 
 
 def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictures=None) -> dict:
-    payload = {"benchmark": f"relaxation_{label}", "machine": machine(), "methods": list(methods),
-               "fmax": FMAX, "parent_settings": settings, "runs": runs}
-    if rows is not None:
-        payload["scores"] = rows
-        payload["figures"] = pictures
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=1, default=float))
-    temporary.replace(path)
+    """Write the results, first taking in runs another benchmark process saved meanwhile.
+
+    Runs of different methods can then go in parallel processes (one per core) on one file.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            try:
+                on_disk = json.loads(path.read_text()).get("runs", {})
+            except ValueError:
+                on_disk = {}
+            for name, by_method in on_disk.items():
+                for method, result in by_method.items():
+                    runs.setdefault(name, {}).setdefault(method, result)
+        payload = {"benchmark": f"relaxation_{label}", "machine": machine(), "methods": list(methods),
+                   "fmax": FMAX, "parent_settings": settings, "runs": runs}
+        if rows is not None:
+            payload["scores"] = rows
+            payload["figures"] = pictures
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(payload, indent=1, default=float))
+        temporary.replace(path)
     return payload
 
 
