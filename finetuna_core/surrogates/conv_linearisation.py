@@ -95,7 +95,7 @@ def _paths(tp: Any) -> list[_Path] | None:
 _KERNEL_TPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _kernel_tensor_product(tp: Any) -> Any:
+def _kernel_tensor_product(tp: Any, device: torch.device) -> Any:
     """``tp`` with every block cut to ``ir.dim`` channels, same path weights: gives ``K``.
 
     Channel ``i`` of a block probes component ``i``; uvu paths keep channels apart, so
@@ -119,7 +119,7 @@ def _kernel_tensor_product(tp: Any) -> Any:
         kernel = o3.TensorProduct(
             in1, tp.irreps_in2, out, instructions, irrep_normalization="none", path_normalization="none",
             internal_weights=False, shared_weights=False,
-        ).to(next(iter(tp.buffers()), torch.empty(0)).device)
+        ).to(device)
         _KERNEL_TPS[tp] = kernel
     return kernel
 
@@ -144,7 +144,7 @@ def linearise(tp: Any, x_src: torch.Tensor, attr: torch.Tensor, weight: torch.Te
         return None
     n_edges = x_src.shape[0]
     in_slices = tp.irreps_in1.slices()
-    kernel_tp = _kernel_tensor_product(tp)
+    kernel_tp = _kernel_tensor_product(tp, x_src.device)
     probe = x_src.new_zeros(n_edges, kernel_tp.irreps_in1.dim)
     for sl, (d, _) in zip(kernel_tp.irreps_in1.slices(), kernel_tp.irreps_in1, strict=True):
         probe[:, sl] = torch.eye(d, dtype=probe.dtype, device=probe.device).reshape(-1)
