@@ -214,6 +214,12 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
             continue
         with tempfile.TemporaryDirectory() as tmp:
             for method in missing:
+                elsewhere = _saved_run(out, name, method)
+                if elsewhere is not None:  # a parallel benchmark process finished it meanwhile
+                    runs[name][method] = elsewhere
+                    if progress:
+                        progress.update(1)
+                    continue
                 started = time.perf_counter()
                 try:
                     runs[name][method] = run_method(method, atoms, Path(tmp) / method, settings, surrogates)
@@ -235,6 +241,13 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     pictures = figures(runs, scores, label)
     payload = _save(out, label, methods, runs, settings, None, rows, pictures)
     return payload
+
+
+def _saved_run(path: Path, name: str, method: str) -> dict | None:
+    try:
+        return json.loads(path.read_text()).get("runs", {}).get(name, {}).get(method)
+    except (OSError, ValueError):
+        return None
 
 
 def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictures=None) -> dict:
@@ -275,6 +288,7 @@ def main(argv=None) -> dict:
                         / "oc20_finetuna")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--fresh", action="store_true", help="ignore finished systems in earlier results")
+    parser.add_argument("--systems", default="", help="comma list of system names to run (default: all)")
     parser.add_argument("--report-only", action="store_true",
                         help="score and plot the systems finished by earlier (possibly interrupted) runs")
     args = parser.parse_args(argv)
@@ -291,18 +305,23 @@ def main(argv=None) -> dict:
         print("full run: 24 EMT systems and 10 OC20 systems with every method; expect a few hours on 2 cores")
     results = {}
     sets = args.sets.split(",")
+    wanted = {name for name in args.systems.split(",") if name}
+
+    def chosen(systems: dict) -> dict:
+        return {name: atoms for name, atoms in systems.items() if not wanted or name in wanted}
+
     if "emt" in sets:
-        results["emt"] = run_set("emt", emt_systems(3 if args.quick else 24), {"backend": "emt"}, methods,
+        results["emt"] = run_set("emt", chosen(emt_systems(3 if args.quick else 24)), {"backend": "emt"}, methods,
                                  surrogates, args.fresh, args.report_only)
     if "oc20" in sets:
         if args.oc20.is_dir():
             names = ["random1447590"] if args.quick else None
-            results["oc20"] = run_set("oc20", oc20_systems(args.oc20, names), STAND_IN, methods, surrogates,
+            results["oc20"] = run_set("oc20", chosen(oc20_systems(args.oc20, names)), STAND_IN, methods, surrogates,
                                       args.fresh, args.report_only)
         else:
             print(f"OC20 systems not found at {args.oc20}: skipped")
     if args.structures:
-        results["custom"] = run_set("custom", structure_systems(args.structures), {"backend": "emt"}, methods,
+        results["custom"] = run_set("custom", chosen(structure_systems(args.structures)), {"backend": "emt"}, methods,
                                     surrogates, args.fresh)
     return results
 
