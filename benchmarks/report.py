@@ -65,7 +65,7 @@ def build() -> str:
                 "Each method is scored on the systems it ran on (column `systems`).",
                 "", _table(data["scores"], [("method", "method"), ("systems", "systems"), ("ratio_mean", "calls/CG"),
                                             ("ratio_sem", "sem"), ("ratio_pooled", "pooled"),
-                                            ("accuracy", "accuracy")]), ""]
+                                            ("accuracy", "accuracy"), ("time_capped", "time-capped")]), ""]
         for picture in data.get("figures", []):
             out += [f"![{picture}](results/{picture})", ""]
 

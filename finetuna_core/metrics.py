@@ -22,6 +22,10 @@ def _get(result: Any, key: str) -> float:
     return float(result[key] if isinstance(result, Mapping) else getattr(result, key))
 
 
+def _status(result: Any) -> str | None:
+    return result.get("status") if isinstance(result, Mapping) else getattr(result, "status", None)
+
+
 @dataclass(frozen=True)
 class MethodScore:
     method: str
@@ -32,6 +36,7 @@ class MethodScore:
     accuracy: float
     ratios: dict[str, float]
     successes: dict[str, bool]
+    time_capped: int = 0  # runs stopped by a wall-time cap: left out (their call counts are truncated)
 
 
 def is_accurate(result: Any, baseline: Any, fmax: float = 0.03, energy_tolerance: float = 0.02) -> bool:
@@ -44,8 +49,12 @@ def score(runs: Mapping[str, Mapping[str, Any]], method: str, baseline: str = "v
     ratios: dict[str, float] = {}
     successes: dict[str, bool] = {}
     method_calls = baseline_calls = 0.0
+    time_capped = 0
     for system, results in runs.items():
         if method not in results or baseline not in results:
+            continue
+        if _status(results[method]) == "time-cap":
+            time_capped += 1
             continue
         calls, reference = _get(results[method], "parent_calls"), _get(results[baseline], "parent_calls")
         ratios[system] = calls / reference
@@ -63,6 +72,7 @@ def score(runs: Mapping[str, Mapping[str, Any]], method: str, baseline: str = "v
         accuracy=float(np.mean(list(successes.values()))) if successes else float("nan"),
         ratios=ratios,
         successes=successes,
+        time_capped=time_capped,
     )
 
 

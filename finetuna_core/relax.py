@@ -29,7 +29,7 @@ class RelaxResult:
     """The outcome of one relaxation, comparable across methods."""
 
     method: str
-    status: str  # "converged", "max-steps", "parent-budget"
+    status: str  # "converged", "max-steps", "parent-budget", "time-cap"
     parent_calls: int  # DFT calls
     force_calls: int
     energy: float  # parent energy of the final point
@@ -173,10 +173,13 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
 
 
 def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, optimizer: str = "bfgs",
-                      maxstep: float = 0.2, steps: int = 1000, store=None) -> RelaxResult:
+                      maxstep: float = 0.2, steps: int = 1000, store=None,
+                      max_seconds: float | None = None) -> RelaxResult:
     """The parent alone with an ASE optimizer (``bfgs``, ``gpmin`` or ``fire``).
 
     ``store``: a RunStore that keeps every parent point (a rerun reuses them instead of recomputing).
+    ``max_seconds``: stop after this much wall time (status ``"time-cap"``); ASE's GPMin refits a
+    Gaussian process over all points at every step, which on 40-60 atoms takes hours.
     """
     started = time.perf_counter()
     counter = CountingCalculator(parent, store)
@@ -184,11 +187,18 @@ def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, opti
     cls = OPTIMIZERS[optimizer]
     kwargs = {"maxstep": maxstep} if cls in (BFGS, FIRE) else {}
     opt = cls(atoms, logfile=None, **kwargs)
-    converged = opt.run(fmax=fmax, steps=steps)
+    status = "max-steps"
+    for converged in opt.irun(fmax=fmax, steps=steps):
+        if converged:
+            status = "converged"
+            break
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            status = "time-cap"
+            break
     forces = counter.results["forces"]
     return RelaxResult(
         method=f"parent-{optimizer}",
-        status="converged" if converged else "max-steps",
+        status=status,
         parent_calls=counter.calls,
         force_calls=counter.calls,
         energy=float(counter.results["energy"]),

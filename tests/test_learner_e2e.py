@@ -133,3 +133,10 @@ def test_fairchem_path_with_a_local_random_checkpoint(tmp_path):
         make_surrogate("fairchem", checkpoint=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="not a fairchem class"):
         audit_config({"backbone": {"model": "os.system"}})
+
+
+def test_parent_only_baseline_honours_a_time_cap():
+    capped = relax_parent_only(adsorbate_on_slab(), EMT(), fmax=0.03, optimizer="gpmin", max_seconds=0.0)
+    assert capped.status == "time-cap" and not capped.converged and capped.parent_calls == 1
+    full = relax_parent_only(adsorbate_on_slab(), EMT(), fmax=0.03, optimizer="gpmin")
+    assert full.status == "converged" and full.fmax < 0.03 and full.parent_calls > 1

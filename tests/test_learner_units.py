@@ -98,6 +98,12 @@ def test_metrics_mean_pooled_and_accuracy():
     assert result.accuracy == pytest.approx(1 / 3)
     assert result.successes == {"a": True, "b": False, "c": False}
     assert {s.method for s in score_all(runs)} == {"vasp-cg", "learner"}
+    # a run stopped by a wall-time cap has a truncated call count: left out and counted apart
+    runs["d"] = {"vasp-cg": {"parent_calls": 40, "energy": -2.0, "fmax": 0.02},
+                 "learner": {"parent_calls": 3, "energy": -1.0, "fmax": 0.5, "status": "time-cap"}}
+    capped = score(runs, "learner")
+    assert capped.time_capped == 1 and capped.systems == 3 and "d" not in capped.ratios
+    assert capped.ratio_pooled == pytest.approx(25 / 170)
 
 
 def test_store_round_trip_and_torn_write(tmp_path):
