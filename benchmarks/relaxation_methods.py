@@ -38,7 +38,7 @@ LEARNER_STEPS = 300  # optimizer steps on the learner before a run counts as not
 # ASE's GPMin refits a Gaussian process over every point at each step (cost ~ (steps * 3N)^3): on
 # 35-60 atoms one relaxation takes hours, so its runs stop after this much wall time and are
 # reported as time-capped, left out of the ratios.
-GPMIN_MAX_SECONDS = 900.0
+GPMIN_MAX_SECONDS = 600.0
 ALL_METHODS = ("vasp-cg", "bfgs", "gpmin", "warm-start", "learner-relax-only", "learner-k-steps",
                "learner-uncertainty", "learner-default")
 STAND_IN = {"backend": "ase:sevenn.calculator.SevenNetCalculator",
