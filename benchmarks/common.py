@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -18,8 +19,18 @@ BIN = Path(sys.executable).parent
 MOCK_VASP = str(BIN / "mock-vasp")
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def prepare_environment() -> Path:
-    """Fake POTCARs for ASE, Open MPI as root, no hub downloads, one BLAS thread."""
+    """Fake POTCARs for ASE, Open MPI as root, no hub downloads, one BLAS thread.
+
+    SIGTERM becomes ``SystemExit``, so ``kill`` closes the fake VASP and removes temporary run
+    directories the way Ctrl-C does (results are saved after every run anyway).
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from mock_vasp.potcar import write_potcar_library
 
     root = Path(tempfile.gettempdir()) / "vasp-interactive-bench-potcars"
