@@ -168,13 +168,16 @@ def figures(runs: dict, scores, prefix: str) -> list[str]:
     methods = [m for m in ALL_METHODS if any(m in runs[s] for s in systems)]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(systems) + 3), 6.5), sharex=True)
     width = 0.8 / max(1, len(methods))
+    def finished(system: str, method: str) -> bool:  # time-capped runs have truncated numbers
+        return method in runs[system] and runs[system][method].get("status") != "time-cap"
+
     for k, method in enumerate(methods):
         x = np.arange(len(systems)) + k * width
-        calls = [runs[s][method]["parent_calls"] if method in runs[s] else np.nan for s in systems]
+        calls = [runs[s][method]["parent_calls"] if finished(s, method) else np.nan for s in systems]
         top.bar(x, calls, width, label=method)
         if method != "vasp-cg":
             delta = [runs[s][method]["energy"] - runs[s]["vasp-cg"]["energy"]
-                     if method in runs[s] and "vasp-cg" in runs[s] else np.nan for s in systems]
+                     if finished(s, method) and "vasp-cg" in runs[s] else np.nan for s in systems]
             bottom.scatter(x, delta, s=12, label=method)
     top.set_ylabel("DFT calls")
     top.legend(fontsize=6, ncol=2)
