@@ -63,9 +63,8 @@ def build() -> str:
                 f"{len(data['runs'])} systems, fmax = {data['fmax']} eV/A. DFT calls relative to VASP CG (mean with "
                 "standard error, and pooled = sum/sum); accuracy = parent fmax <= 0.03 eV/A and E <= E_CG + 0.02 eV. "
                 "Each method is scored on the systems it ran on (column `systems`). ASE's GPMin refits a Gaussian "
-                "process over all points at every step, which takes hours at 35-60 atoms; its runs stop after "
-                "600 s and such time-capped runs are left out of the ratios and accuracy (column `time-capped`; "
-                "GPMin runs recorded before the cap existed ran to the end).",
+                "process over all points at every step, so its cost grows steeply with steps and atoms; a GPMin "
+                "run stops after 600 s and is then left out of the ratios and accuracy (column `time-capped`).",
                 "", _table(data["scores"], [("method", "method"), ("systems", "systems"), ("ratio_mean", "calls/CG"),
                                             ("ratio_sem", "sem"), ("ratio_pooled", "pooled"),
                                             ("accuracy", "accuracy"), ("time_capped", "time-capped")]), ""]

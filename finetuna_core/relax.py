@@ -178,8 +178,8 @@ def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, opti
     """The parent alone with an ASE optimizer (``bfgs``, ``gpmin`` or ``fire``).
 
     ``store``: a RunStore that keeps every parent point (a rerun reuses them instead of recomputing).
-    ``max_seconds``: stop after this much wall time (status ``"time-cap"``); ASE's GPMin refits a
-    Gaussian process over all points at every step, which on 40-60 atoms takes hours.
+    ``max_seconds``: stop after this much wall time (status ``"time-cap"``), e.g. for ASE's GPMin,
+    which refits a Gaussian process over all points at every step.
     """
     started = time.perf_counter()
     counter = CountingCalculator(parent, store)
