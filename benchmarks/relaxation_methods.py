@@ -146,6 +146,8 @@ def figures(runs: dict, scores, prefix: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from finetuna_core.metrics import is_time_capped
+
     paths = []
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for score in scores:
@@ -168,8 +170,9 @@ def figures(runs: dict, scores, prefix: str) -> list[str]:
     methods = [m for m in ALL_METHODS if any(m in runs[s] for s in systems)]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(systems) + 3), 6.5), sharex=True)
     width = 0.8 / max(1, len(methods))
-    def finished(system: str, method: str) -> bool:  # time-capped runs have truncated numbers
-        return method in runs[system] and runs[system][method].get("status") != "time-cap"
+
+    def finished(system: str, method: str) -> bool:
+        return method in runs[system] and not is_time_capped(runs[system][method])
 
     for k, method in enumerate(methods):
         x = np.arange(len(systems)) + k * width
@@ -252,11 +255,16 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     return payload
 
 
-def _saved_run(path: Path, name: str, method: str) -> dict | None:
+def _runs_on_disk(path: Path) -> dict:
+    """The runs in the results file as it is now (another process may be writing it)."""
     try:
-        return json.loads(path.read_text()).get("runs", {}).get(name, {}).get(method)
+        return json.loads(path.read_text()).get("runs", {})
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def _saved_run(path: Path, name: str, method: str) -> dict | None:
+    return _runs_on_disk(path).get(name, {}).get(method)
 
 
 def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictures=None) -> dict:
@@ -269,14 +277,9 @@ def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictur
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            try:
-                on_disk = json.loads(path.read_text()).get("runs", {})
-            except ValueError:
-                on_disk = {}
-            for name, by_method in on_disk.items():
-                for method, result in by_method.items():
-                    runs.setdefault(name, {}).setdefault(method, result)
+        for name, by_method in _runs_on_disk(path).items():
+            for method, result in by_method.items():
+                runs.setdefault(name, {}).setdefault(method, result)
         payload = {"benchmark": f"relaxation_{label}", "machine": machine(), "methods": list(methods),
                    "fmax": FMAX, "parent_settings": settings, "runs": runs}
         if rows is not None:

@@ -22,8 +22,10 @@ def _get(result: Any, key: str) -> float:
     return float(result[key] if isinstance(result, Mapping) else getattr(result, key))
 
 
-def _status(result: Any) -> str | None:
-    return result.get("status") if isinstance(result, Mapping) else getattr(result, "status", None)
+def is_time_capped(result: Any) -> bool:
+    """A run stopped by a wall-time cap: its call count and end point are truncated."""
+    status = result.get("status") if isinstance(result, Mapping) else getattr(result, "status", None)
+    return status == "time-cap"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def score(runs: Mapping[str, Mapping[str, Any]], method: str, baseline: str = "v
     for system, results in runs.items():
         if method not in results or baseline not in results:
             continue
-        if _status(results[method]) == "time-cap":
+        if is_time_capped(results[method]):
             time_capped += 1
             continue
         calls, reference = _get(results[method], "parent_calls"), _get(results[baseline], "parent_calls")
