@@ -121,7 +121,12 @@ def test_jacobian_modes_agree_on_dense_slab(model: SevenNetSurrogate) -> None:
     # without room for the pair matrices, the sparse mode sends node tangents through e3nn
     small = SevenNetSurrogate(jacobian_memory_mb=0.001)
     np.testing.assert_allclose(small.jacobian(slab, mode="sparse"), forward, atol=1e-5 * np.abs(forward).max())
-    assert all(small._linearisation_ok.values()) and small._linearisation_ok
+    assert small._linearisation_status and set(small._linearisation_status.values()) == {"edges"}
+    # the pair matrices are checked when they are first built, even after an edges-only check
+    small.settings.jacobian_memory_mb = 512.0
+    small._jac_cache.clear()
+    np.testing.assert_allclose(small.jacobian(slab, mode="sparse"), forward, atol=1e-5 * np.abs(forward).max())
+    assert set(small._linearisation_status.values()) == {"all"}
     forces = -(sparse.T @ model.effective_head()).reshape(-1, 3)
     np.testing.assert_allclose(forces, model.predict(slab).forces[free], atol=1e-4)
 

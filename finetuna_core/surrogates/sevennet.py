@@ -375,7 +375,9 @@ class SevenNetSurrogate(Surrogate):
 
         self._deviations: np.ndarray | None = None  # (K, n_feat) ensemble offsets from w
         self._jac_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._linearisation_ok: dict[int, bool] = {}  # convolution -> linearisation checked
+        # convolution -> what of its linearisation was checked against e3nn: "edges" (the edge
+        # derivative), "all" (also the pair matrices) or "failed" (use e3nn for it)
+        self._linearisation_status: dict[int, str] = {}
         self.last_report: FineTuneReport | None = None
         self.reset()
 
@@ -784,17 +786,19 @@ class SevenNetSurrogate(Surrogate):
             return torch.func.vmap(lambda t: torch.func.jvp(message, (edge_vec,), (t,))[1])(unit)
 
         e3nn_map = torch.func.vmap(per_tangent)
-        status = self._linearisation_ok.get(id(mod))
+        status = self._linearisation_status.get(id(mod))
         lin = None
-        if status is not False:
+        if status != "failed":
             d_attr, d_weight = torch.func.vmap(lambda t: torch.func.jvp(geometry, (edge_vec,), (t,))[1])(unit)
             dense = pair_operator_floats(tp, n_atoms) <= self.settings.jacobian_memory_mb * 2**20 / 4
             lin = linearise(tp, x_src, attr, weight, d_attr, d_weight, g.src, g.dst, n_atoms, mod.denominator, dense)
-            checked = status is None and lin is not None
-            if checked and not self._linearisation_matches(lin, message_derivative, e3nn_map, x_src):
+            reached = None if lin is None else ("all" if lin.pair_operator is not None else "edges")
+            unchecked = reached is not None and status not in (reached, "all")
+            if unchecked and not self._linearisation_matches(lin, message_derivative, e3nn_map, x_src):
                 warnings.warn("convolution linearisation disagrees with e3nn; using JVPs for it", stacklevel=2)
-                lin = None
-            self._linearisation_ok[id(mod)] = lin is not None
+                lin = reached = None
+            if reached is None or status != "all":
+                self._linearisation_status[id(mod)] = reached or "failed"
         if lin is None:
             return message_derivative(), e3nn_map
         return lin.edge_derivative, lin.pair_operator or e3nn_map
