@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     parser.parse_args(argv)
     costs = interface_costs(load("scf_interfaces"))
     rows = []
-    for label in ("emt", "oc20"):
+    for label in ("emt", "oc20", "generated"):
         data = load(f"relaxation_{label}")
         if not data:
             continue

@@ -54,15 +54,6 @@ def make_surrogate_from(model: str, ensemble: bool = False):
     return make_surrogate("sevennet", ensemble_size=5 if ensemble else 1)
 
 
-def make_query(query: str, fmax: float):
-    from .learner import DEFAULT_TRUST_RADIUS
-    from .query import make_policy
-
-    if query == "default":
-        return make_policy("relax-only", fmax=fmax, trust_radius=DEFAULT_TRUST_RADIUS)
-    return make_policy(query, fmax=fmax)
-
-
 def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings,
                     on_step: Callable | None = None, surrogate=None) -> dict[str, Any]:
     """Relax one structure in ``directory`` (resuming what is there); returns the summary row."""
@@ -70,7 +61,7 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
 
     from .learner import OnlineLearner
     from .parents import make_parent
-    from .relax import relax, relax_parent_only
+    from .relax import learner_setup, relax, relax_parent_only
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -82,12 +73,12 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
         if settings.method == "learner":
             surrogate = surrogate or make_surrogate_from(settings.model, ensemble=settings.query == "uncertainty")
             surrogate.reset()
-            learner = OnlineLearner(parent, surrogate, make_query(settings.query, settings.fmax),
-                                    directory=str(directory))
-            if learner.store.points:  # resume from the last parent point, not from the start
-                atoms = learner.store.points[-1].point.atoms.copy()
+            setup = learner_setup(settings.query, settings.fmax)
+            learner = OnlineLearner(parent, surrogate, setup.policy, directory=str(directory), settings=setup.settings)
+            if learner.segment_start is not None:  # resume from the best parent point, not from the start
+                atoms = learner.segment_start.atoms.copy()
             result = relax(atoms, learner, fmax=settings.fmax, steps=settings.steps,
-                           max_parent_calls=settings.max_parent_calls,
+                           max_parent_calls=settings.max_parent_calls, guards=setup.guards,
                            trajectory=str(directory / "relax.traj"), on_step=on_step)
         else:
             from .store import RunStore

@@ -4,13 +4,17 @@ At each force call the surrogate predicts; when the query policy distrusts the p
 parent computes the point, the caller receives the parent's numbers, the point is stored on disk
 at once and the surrogate is fine-tuned on all parent points before the next call. A parent that
 can pause (``VaspInteractive``) is paused while the surrogate predicts and trains.
+
+The learner keeps a trust region (:mod:`finetuna_core.trust`): the segment's start (the newest
+accepted parent point), a radius updated from parent energies after every parent point, and, by
+default, the surrogate's forces matched to the parent's at the start.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
@@ -18,12 +22,15 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
-from .surrogates.base import FineTuneReport, LabelledPoint, Surrogate, free_atom_mask
+from .surrogates.base import FineTuneReport, LabelledPoint, Prediction, Surrogate, free_atom_mask
+from .trust import TrustRegion, TrustUpdate, update_radius
 
-DEFAULT_TRUST_RADIUS = 0.5  # Angstrom; see query.TrustRadius
+DEFAULT_TRUST_RADIUS = 0.5  # Angstrom: the fixed radius of the previous default, kept for named use
+
+StepSource = Literal["surrogate", "parent", "stored"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearnerSettings:
     """Knobs of the learner itself (the policy and the surrogate are passed separately)."""
 
@@ -32,12 +39,17 @@ class LearnerSettings:
     # prepare the surrogate's fine-tuning data for a point (its Jacobian) in a thread while the
     # parent computes it: the parent's result is not needed for that part
     overlap_precompute: bool = True
+    trust_region: TrustRegion = field(default_factory=TrustRegion)
+    # make the surrogate exact in forces at the segment's start: add the parent-minus-surrogate force
+    # there as a constant force (and the matching linear energy term), the first-order consistency
+    # a trust-region model needs. Off: the paper's learner, which trusts the refit surrogate alone.
+    match_start_forces: bool = True
 
 
 @dataclass
 class StepRecord:
     step: int
-    source: str  # "surrogate", "parent" or "stored" (a parent point found on disk)
+    source: StepSource  # "stored": a parent point found on disk (a resumed run) or revisited
     energy: float
     fmax: float
     reason: str | None
@@ -62,16 +74,28 @@ def fmax_of(atoms: Atoms, forces: np.ndarray) -> float:
     return float(np.sqrt((adjusted**2).sum(axis=1)).max(initial=0.0))
 
 
+def largest_move(a: Atoms, b: Atoms) -> float:
+    """Largest displacement of a free atom between two structures of the same atoms (Angstrom)."""
+    if len(a) != len(b):
+        return float("inf")
+    moved = np.linalg.norm(a.positions - b.positions, axis=1)[free_atom_mask(a)]
+    return float(moved.max(initial=0.0))
+
+
 class OnlineLearner(Calculator):
     """Surrogate + parent + query policy, behind ASE's calculator interface.
 
     Args:
         parent: the expensive calculator (``VaspInteractive``, EMT, ...).
         surrogate: a :class:`~finetuna_core.surrogates.base.Surrogate`.
-        policy: a query rule (default: relax-only at fmax 0.03, one initial parent point, and a
-            0.5 A trust radius around the last parent point).
+        policy: a query rule (default: ``make_policy("trust-region")``: one initial parent point,
+            relax-only at fmax 0.03, the adaptive trust radius and a stall guard).
         directory: where parent points and the step log are kept (None: in memory only). A learner
             created on a directory with parent points resumes from them without recomputing any.
+
+    The driver (:func:`finetuna_core.relax.relax`) uses the public surface: :meth:`ask_parent`,
+    :attr:`parent_events`, :attr:`segment_start`, :meth:`reject_newest`, :meth:`point_at` and
+    :attr:`parent_points`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -81,19 +105,103 @@ class OnlineLearner(Calculator):
         Calculator.__init__(self)
         self.parent = parent
         self.surrogate = surrogate
-        self.policy = policy or make_policy("relax-only", trust_radius=DEFAULT_TRUST_RADIUS)
+        self.policy = policy or make_policy()
         self.settings = settings or LearnerSettings()
         self.store = RunStore(directory)
         self.records: list[StepRecord] = []
         self.offset = 0.0
         self.parent_calls = 0  # parent computations in this process (stored points not counted)
         self.finetune_reports: list[FineTuneReport] = []
-        self._steps_since_parent = 0
-        self._parent_events = 0  # bumped at every parent (or stored) point; the driver watches it
         self.pause_reports: list = []
         self.precompute_seconds: list[float] = []
+        self.trust_radius = self.settings.trust_region.initial
+        self.verify_fmax: float | None = None  # set by a driver to tighten relax-only (its final phase)
+        self.last_update: TrustUpdate | None = None
+        self.trust_updates: list[TrustUpdate] = []
+        self._steps_since_parent = 0
+        self._parent_events = 0
+        self._start_index: int | None = None  # the segment's start: the newest accepted parent point
+        self._previous_start_index: int | None = None
+        self._start_prediction: float | None = None  # surrogate energy there, from the current fit
+        self._force_correction: np.ndarray | None = None  # parent - surrogate forces at the segment start
+        previous = self.store.steps()
+        self._step_offset = int(max((entry.get("step", 0) for entry in previous), default=0))
         if self.store.points:
+            energies = [stored.point.energy for stored in self.store.points]
+            self._start_index = int(np.argmin(energies))
             self._train()
+
+    # ------------------------------------------------------------------ public surface for drivers
+    @property
+    def parent_points(self) -> list[LabelledPoint]:
+        return self.store.labelled
+
+    @property
+    def parent_call_count(self) -> int:
+        """Parent points of this run (including ones restored from disk)."""
+        return len(self.store.points)
+
+    @property
+    def parent_events(self) -> int:
+        """Bumped at every parent (or stored) point: a driver rebuilds its Hessian when it changes."""
+        return self._parent_events
+
+    @property
+    def segment_start(self) -> LabelledPoint | None:
+        """The parent point the current segment started from: trust radius and rho are measured from it."""
+        return None if self._start_index is None else self.store.points[self._start_index].point
+
+    def point_at(self, atoms: Atoms) -> LabelledPoint | None:
+        """The parent point of exactly this structure, if there is one."""
+        stored = self.store.lookup(atoms)
+        return None if stored is None else stored.point
+
+    @property
+    def next_step(self) -> int:
+        """The number the next force call gets (continues a resumed run's numbering)."""
+        return self._step_offset + len(self.records) + 1
+
+    def ask_parent(self, atoms: Atoms, reason: str, prediction: Prediction | None = None,
+                   seconds_predict: float = 0.0) -> StepRecord:
+        """Compute ``atoms`` with the parent, keep the point, update the trust region, refit.
+
+        The learner's ``results`` become the parent's numbers. ``prediction`` is the surrogate's
+        for this structure, from the fit that drove the segment (computed here when not given).
+        """
+        if prediction is None:
+            started = time.perf_counter()
+            prediction = self.predict(atoms)
+            seconds_predict = time.perf_counter() - started
+        step = self.next_step
+        energy, forces, seconds = self._call_parent(atoms)
+        self.parent_calls += 1
+        self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds, step=step)
+        energy_error = float(prediction.energy + self.offset - energy)  # the fit (and offset) that predicted it
+        update = self._update_trust(atoms, energy, prediction)
+        report = self._train()
+        record = StepRecord(step, "parent", energy, fmax_of(atoms, forces), reason, seconds_predict=seconds_predict,
+                            seconds_parent=seconds, seconds_finetune=report.seconds,
+                            surrogate_fmax=fmax_of(atoms, prediction.forces))
+        error = np.abs(prediction.forces - forces)[free_atom_mask(atoms)]
+        record.extra["surrogate_force_mae"] = float(error.mean()) if error.size else 0.0
+        record.extra["surrogate_energy_error"] = energy_error
+        record.extra.update(trust_verdict=update.verdict, trust_radius=update.radius, trust_ratio=update.ratio,
+                            parent_change=update.parent_change, predicted_change=update.predicted_change)
+        if report.details:
+            record.extra["finetune_lambda"] = report.details.get("lambda")
+        self._after_point(atoms, energy, forces, record)
+        return record
+
+    def predict(self, atoms: Atoms) -> Prediction:
+        """The surrogate's prediction as the optimizer sees it (with the start-point force match)."""
+        prediction = self.surrogate.predict(atoms)
+        start = self.segment_start
+        if self._force_correction is None or start is None or len(start.atoms) != len(atoms):
+            return prediction
+        correction = self._force_correction
+        energy = prediction.energy - float(np.sum(correction * (atoms.positions - start.atoms.positions)))
+        return Prediction(energy=energy, forces=prediction.forces + correction,
+                          force_spread=prediction.force_spread)
 
     # ------------------------------------------------------------------ parent helpers
     def _pause_parent(self) -> None:
@@ -108,7 +216,7 @@ class OnlineLearner(Calculator):
         if callable(resume):
             resume()
 
-    def _ask_parent(self, atoms: Atoms) -> tuple[float, np.ndarray, float]:
+    def _call_parent(self, atoms: Atoms) -> tuple[float, np.ndarray, float]:
         started = time.perf_counter()
         helper = self._start_precompute(atoms)
         self._resume_parent()
@@ -142,78 +250,97 @@ class OnlineLearner(Calculator):
         thread.start()
         return thread
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ trust region and training
+    def _update_trust(self, atoms: Atoms, energy: float, prediction: Prediction) -> TrustUpdate:
+        """Radius after the newest point (already stored), which becomes the segment's start."""
+        start = self.segment_start
+        newest = len(self.store.points) - 1
+        if start is None or self._start_prediction is None:
+            update = update_radius(self.settings.trust_region, self.trust_radius, None, None, 0.0)
+        else:
+            update = update_radius(self.settings.trust_region, self.trust_radius, energy - start.energy,
+                                   prediction.energy - self._start_prediction, largest_move(atoms, start.atoms))
+        self.trust_radius = update.radius
+        self.last_update = update
+        self.trust_updates.append(update)
+        self._previous_start_index = self._start_index
+        self._start_index = newest
+        return update
+
+    def reject_newest(self) -> LabelledPoint | None:
+        """Make the previous segment start (the point before a rejected one) the start again.
+
+        The rejected point stays a training point; the driver moves the optimizer back to the
+        returned point.
+        """
+        if self._previous_start_index is not None:
+            self._start_index = self._previous_start_index
+            self._previous_start_index = None
+            self._anchor_at_start()
+        return self.segment_start
+
     def _train(self) -> FineTuneReport:
         points = self.store.labelled
         report = self.surrogate.fine_tune(points)
         self.finetune_reports.append(report)
         window = points[-self.settings.offset_window:]
-        raw = [self.surrogate.predict(p.atoms).energy for p in window]
-        self.offset = float(np.mean([p.energy - e for p, e in zip(window, raw)]))
+        raw = [self.surrogate.predict(p.atoms) for p in window]
+        self.offset = float(np.mean([p.energy - r.energy for p, r in zip(window, raw)]))
+        start = self.segment_start
+        known = [r for p, r in zip(window, raw) if p is start]
+        self._anchor_at_start(known[0] if known else None)
         return report
 
-    @property
-    def parent_points(self) -> list[LabelledPoint]:
-        return self.store.labelled
+    def _anchor_at_start(self, raw: Prediction | None = None) -> None:
+        """Surrogate energy (and the force match) at the segment start, from the current fit."""
+        start = self.segment_start
+        if start is None:
+            return
+        raw = raw or self.surrogate.predict(start.atoms)
+        self._start_prediction = raw.energy
+        if self.settings.match_start_forces:
+            self._force_correction = np.asarray(start.forces) - raw.forces
 
     # ------------------------------------------------------------------ ASE entry point
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
         atoms = self.atoms
-        step = len(self.records) + 1
         self._steps_since_parent += 1
         stored = self.store.lookup(atoms)
-        if stored is not None:  # labelled before (a resumed run): the parent's numbers, no new call
-            self._use_parent(atoms, stored.point.energy, np.array(stored.point.forces), stored.reason, "stored",
-                             step, 0.0, None, 0.0)
+        if stored is not None:  # labelled before (a resumed run, or the driver went back): no new call
+            forces = np.array(stored.point.forces)
+            record = StepRecord(self.next_step, "stored", stored.point.energy, fmax_of(atoms, forces),
+                                stored.reason)
+            self._after_point(atoms, stored.point.energy, forces, record)
             return
         started = time.perf_counter()
-        prediction = self.surrogate.predict(atoms)
+        prediction = self.predict(atoms)
         seconds_predict = time.perf_counter() - started
         free = free_atom_mask(atoms)
-        displacement = 0.0
-        if self.store.points:
-            last = self.store.points[-1].point.atoms
-            if len(last) == len(atoms):
-                moved = np.linalg.norm(atoms.positions - last.positions, axis=1)[free]
-                displacement = float(moved.max(initial=0.0))
-        context = QueryContext(step=step, parent_calls=len(self.store.points),
+        start = self.segment_start
+        displacement = largest_move(atoms, start.atoms) if start is not None else 0.0
+        context = QueryContext(step=self.next_step, parent_calls=len(self.store.points),
                                steps_since_parent=self._steps_since_parent,
                                forces=constrained(atoms, prediction.forces), free=free,
-                               force_spread=prediction.force_spread, displacement=displacement)
+                               force_spread=prediction.force_spread, displacement=displacement,
+                               trust_radius=self.trust_radius, verify_fmax=self.verify_fmax)
         reason = self.policy.reason(context)
         if reason is None:
             energy = prediction.energy + self.offset
             self.results = {"energy": energy, "free_energy": energy, "forces": prediction.forces}
-            record = StepRecord(step, "surrogate", energy, context.fmax, None, seconds_predict=seconds_predict,
-                                surrogate_fmax=context.fmax)
+            record = StepRecord(self.next_step, "surrogate", energy, context.fmax, None,
+                                seconds_predict=seconds_predict, surrogate_fmax=context.fmax)
             if prediction.force_spread is not None:
                 record.extra["max_spread"] = float(np.max(prediction.force_spread[free], initial=0.0))
             self._log(record)
             return
-        energy, forces, seconds = self._ask_parent(atoms)
-        self.parent_calls += 1
-        self._use_parent(atoms, energy, forces, reason, "parent", step, seconds, context.fmax, seconds_predict,
-                         prediction)
+        self.ask_parent(atoms, reason, prediction, seconds_predict)
 
-    def _use_parent(self, atoms, energy, forces, reason, source, step, seconds_parent, surrogate_fmax,
-                    seconds_predict, prediction=None) -> None:
-        if source == "parent":
-            self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds_parent,
-                           step=step)
+    def _after_point(self, atoms: Atoms, energy: float, forces: np.ndarray, record: StepRecord) -> None:
         self._steps_since_parent = 0
         self._parent_events += 1
-        report = self._train() if source == "parent" else None
+        self.atoms = atoms.copy()  # the results belong to this structure (ask_parent may get another)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-        record = StepRecord(step, source, energy, fmax_of(atoms, forces), reason, seconds_predict=seconds_predict,
-                            seconds_parent=seconds_parent, seconds_finetune=report.seconds if report else 0.0,
-                            surrogate_fmax=surrogate_fmax)
-        if prediction is not None:
-            error = np.abs(prediction.forces - forces)[free_atom_mask(atoms)]
-            record.extra["surrogate_force_mae"] = float(error.mean()) if error.size else 0.0
-            record.extra["surrogate_energy_error"] = float(prediction.energy + self.offset - energy)
-        if report is not None and report.details:
-            record.extra["finetune_lambda"] = report.details.get("lambda")
         self._log(record)
 
     def _log(self, record: StepRecord) -> None:
@@ -224,13 +351,9 @@ class OnlineLearner(Calculator):
         self.store.log_step(entry)
 
     # ------------------------------------------------------------------ bookkeeping
-    @property
-    def parent_call_count(self) -> int:
-        """Parent points of this run (including ones restored from disk)."""
-        return len(self.store.points)
-
     def summary(self) -> dict[str, Any]:
         parent = [r for r in self.records if r.source != "surrogate"]
+        verdicts = [u.verdict for u in self.trust_updates]
         return {
             "force_calls": len(self.records),
             "parent_points": len(self.store.points),
@@ -239,4 +362,5 @@ class OnlineLearner(Calculator):
             "seconds_finetune": sum(r.seconds_finetune for r in self.records),
             "seconds_predict": sum(r.seconds_predict for r in self.records),
             "reasons": [r.reason for r in parent],
+            "trust_verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
         }

@@ -4,6 +4,8 @@
   systems and the pooled ratio (sum over sum) are both reported, since they differ;
 * accuracy: the fraction of systems whose final point has parent fmax <= 0.03 eV/A (free atoms) and
   parent energy <= E_baseline + 0.02 eV (one-sided: a lower minimum counts as success).
+* a system whose baseline run did not converge (its step cap, an error) is left out of every
+  method's score and listed in ``baseline_capped``: scoring against it would call anything accurate.
 
 Runs are plain mappings ``{system: {method: result}}`` where a result is a :class:`RelaxResult`
 or a dict with ``parent_calls``, ``energy`` and ``fmax``, so finished runs from disk work too.
@@ -20,6 +22,15 @@ import numpy as np
 
 def _get(result: Any, key: str) -> float:
     return float(result[key] if isinstance(result, Mapping) else getattr(result, key))
+
+
+def baseline_unusable(result: Any) -> bool:
+    """A baseline run that did not converge (it hit its step cap, or failed): nothing to score against."""
+    if isinstance(result, Mapping):
+        status, error = result.get("status"), result.get("error")
+    else:
+        status, error = getattr(result, "status", None), None
+    return error is not None or (status is not None and status != "converged")
 
 
 def is_time_capped(result: Any) -> bool:
@@ -39,6 +50,7 @@ class MethodScore:
     ratios: dict[str, float]
     successes: dict[str, bool]
     time_capped: int = 0  # runs stopped by a wall-time cap: left out (their call counts are truncated)
+    baseline_capped: tuple[str, ...] = ()  # systems left out: the baseline itself did not converge
 
 
 def is_accurate(result: Any, baseline: Any, fmax: float = 0.03, energy_tolerance: float = 0.02) -> bool:
@@ -52,8 +64,12 @@ def score(runs: Mapping[str, Mapping[str, Any]], method: str, baseline: str = "v
     successes: dict[str, bool] = {}
     method_calls = baseline_calls = 0.0
     time_capped = 0
+    baseline_capped: list[str] = []
     for system, results in runs.items():
         if method not in results or baseline not in results:
+            continue
+        if baseline_unusable(results[baseline]):
+            baseline_capped.append(system)
             continue
         if is_time_capped(results[method]):
             time_capped += 1
@@ -75,6 +91,7 @@ def score(runs: Mapping[str, Mapping[str, Any]], method: str, baseline: str = "v
         ratios=ratios,
         successes=successes,
         time_capped=time_capped,
+        baseline_capped=tuple(baseline_capped),
     )
 
 

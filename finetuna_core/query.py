@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -24,7 +25,9 @@ class QueryContext:
     forces: np.ndarray  # (N, 3) surrogate forces with constraints applied
     free: np.ndarray  # (N,) bool, atoms the optimizer may move
     force_spread: np.ndarray | None  # (N,) ensemble spread per atom, if the surrogate has one
-    displacement: float = 0.0  # largest move of a free atom since the last parent point (Angstrom)
+    displacement: float = 0.0  # largest move of a free atom since the segment's start point (Angstrom)
+    trust_radius: float | None = None  # the learner's current adaptive trust radius (Angstrom)
+    verify_fmax: float | None = None  # a tighter relax-only threshold set by the driver (its final phase)
 
     @property
     def fmax(self) -> float:
@@ -59,8 +62,9 @@ class RelaxOnly(QueryRule):
 
     def reason(self, context: QueryContext) -> str | None:
         value = context.fmax
-        if value <= self.fmax:
-            return f"surrogate fmax {value:.4f} <= {self.fmax} eV/A: verify"
+        threshold = self.fmax if context.verify_fmax is None else min(self.fmax, context.verify_fmax)
+        if value <= threshold:
+            return f"surrogate fmax {value:.4f} <= {threshold:.4g} eV/A: verify"
         return None
 
 
@@ -93,17 +97,21 @@ class Uncertainty(QueryRule):
 
 @dataclass(frozen=True)
 class TrustRadius(QueryRule):
-    """Ask the parent when a free atom moved more than ``radius`` since the last parent point.
+    """Ask the parent when a free atom moved more than a radius from the segment's start point.
 
-    Not in the paper: a guard for surrogates far from the parent's physics, which can otherwise
-    lead the optimizer a long way into regions no parent point supports.
+    The start point is the best parent point (lowest parent energy), where the optimizer resumes
+    after every parent call. ``radius=None`` (the default policy) uses the learner's adaptive
+    radius (:mod:`finetuna_core.trust`); a number fixes it. Not in the paper: a guard for
+    surrogates far from the parent's physics, which otherwise carry soft coordinates a long way on
+    forces no parent point supports.
     """
 
-    radius: float = 0.5
+    radius: float | None = None
 
     def reason(self, context: QueryContext) -> str | None:
-        if context.displacement > self.radius:
-            return f"moved {context.displacement:.2f} A from the last parent point (> {self.radius})"
+        radius = self.radius if self.radius is not None else context.trust_radius
+        if radius is not None and context.displacement > radius:
+            return f"moved {context.displacement:.2f} A from the segment's start (trust radius {radius:.3f})"
         return None
 
 
@@ -125,18 +133,29 @@ class AnyRule(QueryRule):
         return any(isinstance(rule, Uncertainty) for rule in self.rules)
 
 
-POLICIES = ("relax-only", "k-steps", "uncertainty")
+PolicyName = Literal["trust-region", "relax-only", "k-steps", "uncertainty"]
+POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
+DEFAULT_POLICY: PolicyName = "trust-region"
+STALL_STEPS = 25  # the default policy's stall guard: surrogate steps without a parent point
 
 
-def make_policy(name: str = "relax-only", fmax: float = 0.03, k: int = 100, threshold: float = 0.05,
-                initial_points: int = 1, trust_radius: float | None = None,
+def make_policy(name: PolicyName = DEFAULT_POLICY, fmax: float = 0.03, k: int = 100, threshold: float = 0.05,
+                initial_points: int = 1, trust_radius: float | None = None, stall_steps: int = STALL_STEPS,
                 extra: Sequence[QueryRule] = ()) -> AnyRule:
-    """The paper's policies by name; every one includes relax-only and the initial points.
+    """A query policy by name; every one includes relax-only and the initial points.
 
-    ``trust_radius`` adds :class:`TrustRadius` (not in the paper; off by default).
+    * ``"trust-region"`` (the default, not in the paper): relax-only, the learner's adaptive trust
+      radius (or ``trust_radius`` fixed) and a stall guard of ``stall_steps`` surrogate steps;
+    * the paper's ``"relax-only"``, ``"k-steps"`` (``k``) and ``"uncertainty"`` (``threshold``), as
+      published; ``trust_radius`` adds a fixed :class:`TrustRadius` to them.
     """
     rules: list[QueryRule] = [InitialPoints(initial_points)] if initial_points > 0 else []
     rules.append(RelaxOnly(fmax))
+    if name == "trust-region":
+        rules.append(TrustRadius(trust_radius))
+        rules.append(KSteps(stall_steps))
+        rules.extend(extra)
+        return AnyRule(tuple(rules))
     if trust_radius is not None:
         rules.append(TrustRadius(trust_radius))
     if name == "k-steps":

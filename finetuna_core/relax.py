@@ -3,25 +3,31 @@
 ``relax`` runs an ASE optimizer on an :class:`OnlineLearner`, rebuilds the BFGS Hessian from the
 parent points after every parent call (replaying their positions and constrained forces through
 the BFGS update, so no curvature from an older surrogate survives), ends only on a parent-verified
-point and honours a cap on parent calls. Baselines: the parent alone with BFGS, GPMin or FIRE;
-VASP's own CG (``IBRION = 2``); warm start (surrogate alone, then parent + BFGS).
+point and honours a cap on parent calls. Its :class:`Guards` (on by default) reject segments that
+went uphill on the parent and finish tighter than asked, so that a flat shoulder or a near-saddle
+is not taken for a minimum; :func:`learner_setup` names the default learner and the paper's
+variants. Baselines: the parent alone with BFGS, GPMin or FIRE; VASP's own CG (``IBRION = 2``);
+warm start (surrogate alone, then parent + BFGS).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, GPMin
 
-from .learner import OnlineLearner, constrained, fmax_of
+from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of
+from .query import AnyRule, make_policy
 from .surrogates.base import LabelledPoint, Surrogate
 
 OPTIMIZERS = {"bfgs": BFGS, "fire": FIRE, "gpmin": GPMin}
+
+RelaxStatus = Literal["converged", "max-steps", "parent-budget", "time-cap"]
 
 
 @dataclass
@@ -29,7 +35,7 @@ class RelaxResult:
     """The outcome of one relaxation, comparable across methods."""
 
     method: str
-    status: str  # "converged", "max-steps", "parent-budget", "time-cap"
+    status: RelaxStatus
     parent_calls: int  # DFT calls
     force_calls: int
     energy: float  # parent energy of the final point
@@ -121,43 +127,148 @@ def _scf_total(parent: Calculator) -> int | None:
     return int(sum(getattr(s, "scf_iterations", 0) for s in steps))
 
 
+@dataclass(frozen=True)
+class Guards:
+    """The default driver's checks on top of the optimizer (``PAPER_DRIVER`` switches them off).
+
+    * ``reject_uphill``: a parent point above the segment's start is rejected: the optimizer goes
+      back to the start, with the Hessian rebuilt from every parent point (the rejected one
+      included), and the learner's trust radius shrinks;
+    * ``tight_finish``: a run does not end on the first parent point below ``fmax``. Points with
+      parent forces of 0.01-0.03 eV/A are often not minima: a flat shoulder, or a near-symmetric
+      saddle where BFGS on the parent would have drifted off. From there the learner relaxes on
+      to ``finish_fmax_ratio`` x fmax (surrogate steps, parent checks), for at most
+      ``finish_parent_calls`` more parent calls; the answer is the lowest parent point below
+      ``fmax``. On a real minimum this costs a parent call or two.
+    """
+
+    reject_uphill: bool = True
+    tight_finish: bool = True
+    finish_fmax_ratio: float = 1.0 / 3.0
+    finish_parent_calls: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.finish_fmax_ratio <= 1:
+            raise ValueError(f"finish_fmax_ratio must be in (0, 1], got {self.finish_fmax_ratio}")
+        if self.finish_parent_calls < 0:
+            raise ValueError(f"finish_parent_calls must be >= 0, got {self.finish_parent_calls}")
+
+
+PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False)
+
+
+@dataclass(frozen=True)
+class LearnerSetup:
+    """Everything that makes one named learner variant: query policy, learner knobs, driver guards."""
+
+    policy: AnyRule
+    settings: LearnerSettings
+    guards: Guards
+
+
+def learner_setup(query: str = "default", fmax: float = 0.03, **policy_options: Any) -> LearnerSetup:
+    """The default learner (``"default"`` or ``"trust-region"``) or one of the paper's by name.
+
+    The default: adaptive trust region with a stall guard, forces matched at each segment's start,
+    uphill segments rejected, a tight finish. The paper's ``"relax-only"``, ``"k-steps"`` and
+    ``"uncertainty"`` run as published: no force matching, no guards.
+    """
+    if query in ("default", "trust-region"):
+        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), LearnerSettings(), Guards())
+    return LearnerSetup(make_policy(query, fmax=fmax, **policy_options), LearnerSettings(match_start_forces=False),
+                        PAPER_DRIVER)
+
+
+def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: LabelledPoint | None,
+                 rebuild_hessian: bool = True) -> None:
+    """Put the optimizer on ``point`` with its Hessian rebuilt from every parent point (``point`` last)."""
+    if point is None:
+        return
+    atoms.set_positions(point.atoms.positions, apply_constraint=False)
+    if rebuild_hessian and isinstance(optimizer, BFGS):
+        points = [p for p in learner.parent_points if p is not point] + [point]
+        rebuild_bfgs_hessian(optimizer, points)
+
+
+def _best_converged(points: list[LabelledPoint], fmax: float) -> LabelledPoint | None:
+    below = [p for p in points if fmax_of(p.atoms, np.asarray(p.forces)) < fmax]
+    return min(below, key=lambda p: p.energy) if below else None
+
+
 def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: str | type = "bfgs",
           maxstep: float = 0.2, steps: int = 1000, max_parent_calls: int | None = None,
           rebuild_hessian: bool = True, trajectory: str | None = None, logfile: str | None = None,
-          on_step=None) -> RelaxResult:
-    """Relax ``atoms`` with the online learner; see the module docstring."""
+          on_step=None, guards: Guards | None = None) -> RelaxResult:
+    """Relax ``atoms`` with the online learner; see the module docstring and :class:`Guards`.
+
+    ``steps`` caps the optimizer's steps (surrogate and parent calls together). The result is the
+    lowest parent point with parent fmax below ``fmax`` (else the lowest parent point); its
+    ``extra["guards"]`` counts how often each guard fired.
+    """
+    guards = guards or Guards()
     started = time.perf_counter()
     cls = OPTIMIZERS[optimizer.lower()] if isinstance(optimizer, str) else optimizer
     atoms.calc = learner
     kwargs = {"maxstep": maxstep} if cls in (BFGS, FIRE) else {}
     opt = cls(atoms, logfile=logfile, trajectory=trajectory, **kwargs)
-    seen_events = learner._parent_events
-    status = "max-steps"
-    for converged in opt.irun(fmax=fmax, steps=steps):
-        if learner._parent_events != seen_events:
-            seen_events = learner._parent_events
-            if rebuild_hessian and isinstance(opt, BFGS):
-                rebuild_bfgs_hessian(opt, learner.parent_points)
-        if on_step is not None:
-            on_step(learner)
-        last = learner.records[-1] if learner.records else None
-        if converged and last is not None and last.source != "surrogate":
-            status = "converged"
-            break
-        if converged:  # converged on surrogate forces: the policy lacks relax-only; verify now
-            energy, forces, _ = learner._ask_parent(atoms)
-            learner.parent_calls += 1
-            learner._use_parent(atoms, energy, forces, "verify convergence", "parent", len(learner.records) + 1,
-                                0.0, None, 0.0)
-            learner.results = {"energy": energy, "free_energy": energy, "forces": forces}
-            if fmax_of(atoms, forces) < fmax:
-                status = "converged"
+    seen_events = learner.parent_events
+    status: RelaxStatus = "max-steps"
+    fired = {"rejected_uphill": 0, "finish_phase": 0, "finish_parent_calls": 0, "verify_convergence": 0}
+    target = fmax
+    finish_from: int | None = None  # parent points when the finishing phase began
+    learner.verify_fmax = None
+    try:
+        while status == "max-steps" and opt.nsteps < steps:
+            restart = False  # ASE's irun ends once it has seen converged forces: start it anew to go on
+            for converged in opt.irun(fmax=target, steps=steps - opt.nsteps):
+                last = learner.records[-1] if learner.records else None
+                if learner.parent_events != seen_events:
+                    seen_events = learner.parent_events
+                    if (guards.reject_uphill and last is not None and last.source == "parent"
+                            and last.extra.get("trust_verdict") == "rejected"):
+                        fired["rejected_uphill"] += 1
+                        _resume_from(atoms, opt, learner, learner.reject_newest(), rebuild_hessian)
+                        restart = True
+                    else:
+                        _resume_from(atoms, opt, learner, learner.point_at(atoms), rebuild_hessian)
+                if on_step is not None:
+                    on_step(learner)
+                if max_parent_calls is not None and learner.parent_call_count >= max_parent_calls:
+                    status = "parent-budget"
+                    break
+                if finish_from is not None:
+                    fired["finish_parent_calls"] = learner.parent_call_count - finish_from
+                    if fired["finish_parent_calls"] >= guards.finish_parent_calls:
+                        status = "converged"
+                        break
+                if restart:
+                    break
+                if converged and last is not None and last.source != "surrogate":
+                    if guards.tight_finish and finish_from is None and guards.finish_fmax_ratio < 1:
+                        fired["finish_phase"] = 1
+                        finish_from = learner.parent_call_count
+                        target = fmax * guards.finish_fmax_ratio
+                        learner.verify_fmax = target
+                        restart = True
+                        break
+                    status = "converged"
+                    break
+                if converged:  # converged on surrogate forces: the policy lacks relax-only; verify now
+                    fired["verify_convergence"] += 1
+                    learner.ask_parent(atoms, "verify convergence")
+                    restart = True  # irun saw converged forces; its next round reads the parent's
+                    break
+            if not restart:
                 break
-            rebuild_bfgs_hessian(opt, learner.parent_points) if isinstance(opt, BFGS) else None
-        if max_parent_calls is not None and learner.parent_call_count >= max_parent_calls:
-            status = "parent-budget"
-            break
-    final = learner.parent_points[-1] if learner.parent_points else None
+    finally:
+        learner.verify_fmax = None
+    points = learner.parent_points
+    final = _best_converged(points, fmax)
+    if final is None:
+        status = "max-steps" if status == "converged" else status
+        final = min(points, key=lambda p: p.energy) if points else None
+    elif finish_from is not None:
+        status = "converged"  # the finishing phase only ever improves on a converged point
     return RelaxResult(
         method="online-learner",
         status=status,
@@ -168,7 +279,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
         seconds=time.perf_counter() - started,
         atoms=final.atoms.copy() if final else None,
         scf_iterations=_scf_total(learner.parent),
-        extra={**learner.summary(), "optimizer_steps": opt.nsteps},
+        extra={**learner.summary(), "optimizer_steps": opt.nsteps, "guards": fired},
     )
 
 

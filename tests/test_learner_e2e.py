@@ -93,6 +93,9 @@ def test_resume_after_parent_crash_recomputes_nothing(surrogate, tmp_path):
     old_points = [s.point.atoms.positions for s in resumed.store.points[:2]]
     assert all(not np.allclose(new, old) for new in new_points for old in old_points)
     assert resumed.parent_calls == resumed.parent_call_count - 2
+    # the step log continues the crashed run's numbering instead of starting again at 1
+    numbers = [json.loads(line)["step"] for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert numbers == list(range(1, len(numbers) + 1))
 
 
 def test_uncertainty_policy_uses_the_ensemble(tmp_path):

@@ -122,3 +122,17 @@ def test_store_round_trip_and_torn_write(tmp_path):
     assert again.lookup(points[2].atoms) is again.points[2]
     assert len(again.points[0].point.atoms.constraints) == 1  # FixAtoms survive
     assert again.steps() == [{"step": 1, "source": "parent"}]
+
+
+def test_a_baseline_that_did_not_converge_is_left_out_of_every_score():
+    from finetuna_core.metrics import score
+
+    runs = {
+        "good": {"vasp-cg": {"parent_calls": 50, "energy": -1.0, "fmax": 0.02, "status": "converged"},
+                 "learner": {"parent_calls": 5, "energy": -1.0, "fmax": 0.02}},
+        "diverged": {"vasp-cg": {"parent_calls": 400, "energy": 1000.0, "fmax": 6.4e4, "status": "max-steps"},
+                     "learner": {"parent_calls": 5, "energy": 2.0, "fmax": 0.02}},
+    }
+    result = score(runs, "learner")
+    assert result.systems == 1 and result.baseline_capped == ("diverged",)
+    assert result.ratio_mean == 0.1 and result.accuracy == 1.0

@@ -1,0 +1,88 @@
+"""The learner's trust region: how far the surrogate may carry the structure before the parent checks.
+
+After every parent point the radius is updated from the classic trust-region ratio
+
+    rho = (parent energy change) / (surrogate-predicted energy change)
+
+over the segment that led there, both measured from the best parent point the segment started
+from, with the surrogate that drove the segment (before it was refit on the new point). Parent
+energies decide; the surrogate's own energy scale never does (its absolute energies after a
+forces-only refit can be far off, its energy *differences* along a short path follow its forces).
+
+* the parent energy rose: the segment is rejected (the driver returns to the best point) and the
+  radius shrinks below the length of the rejected segment;
+* rho < ``shrink_below``: the surrogate promised much more than the parent delivered: shrink;
+* rho > ``grow_above`` and the segment was stopped by the radius: the surrogate is trusted
+  further: grow (up to ``maximum``);
+* otherwise, or when both changes are within ``energy_noise``: keep.
+
+Pure: no I/O, no surrogate, no parent; testable on numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Verdict = Literal["first", "rejected", "shrink", "grow", "keep"]
+
+
+@dataclass(frozen=True)
+class TrustRegion:
+    """Settings of the adaptive trust radius (Angstrom, largest move of a free atom)."""
+
+    initial: float = 0.2  # ASE BFGS's own step limit: where parent-only BFGS is known to be safe
+    minimum: float = 0.05
+    maximum: float = 0.5
+    shrink_below: float = 0.25
+    grow_above: float = 0.75
+    shrink_factor: float = 0.5
+    grow_factor: float = 1.5
+    energy_noise: float = 2e-3  # eV: changes this small say nothing about the surrogate
+    uphill_tolerance: float = 1e-3  # eV: a parent energy this far above the best point rejects the segment
+
+    def __post_init__(self) -> None:
+        if not 0 < self.minimum <= self.initial <= self.maximum:
+            raise ValueError(f"trust region needs 0 < minimum <= initial <= maximum, got {self.minimum}, "
+                             f"{self.initial}, {self.maximum}")
+        if not 0 < self.shrink_factor < 1 < self.grow_factor:
+            raise ValueError("trust region needs 0 < shrink_factor < 1 < grow_factor")
+        if not 0 <= self.shrink_below < self.grow_above:
+            raise ValueError("trust region needs 0 <= shrink_below < grow_above")
+
+
+@dataclass(frozen=True)
+class TrustUpdate:
+    """What one parent point did to the radius (logged with the point)."""
+
+    verdict: Verdict
+    radius: float  # the radius after this point
+    ratio: float | None  # rho, where both changes were above the noise
+    parent_change: float | None  # parent energy change from the segment's start (eV)
+    predicted_change: float | None  # surrogate-predicted change over the same segment (eV)
+
+
+def update_radius(settings: TrustRegion, radius: float, parent_change: float | None,
+                  predicted_change: float | None, segment_length: float) -> TrustUpdate:
+    """The radius after a parent point (see the module docstring).
+
+    ``parent_change``/``predicted_change`` are None for the first parent point of a run;
+    ``segment_length`` is the largest free-atom move from the segment's start.
+    """
+    if parent_change is None or predicted_change is None:
+        return TrustUpdate("first", radius, None, parent_change, predicted_change)
+    if parent_change > settings.uphill_tolerance:
+        shrunk = settings.shrink_factor * min(radius, max(segment_length, settings.minimum))
+        return TrustUpdate("rejected", max(settings.minimum, shrunk), None, parent_change, predicted_change)
+    if abs(predicted_change) < settings.energy_noise and abs(parent_change) < settings.energy_noise:
+        return TrustUpdate("keep", radius, None, parent_change, predicted_change)
+    if predicted_change >= 0:  # the surrogate predicted no descent but the parent went down
+        return TrustUpdate("keep", radius, None, parent_change, predicted_change)
+    ratio = parent_change / predicted_change
+    if ratio < settings.shrink_below:
+        return TrustUpdate("shrink", max(settings.minimum, settings.shrink_factor * radius), ratio,
+                           parent_change, predicted_change)
+    if ratio > settings.grow_above and segment_length >= 0.9 * radius:
+        return TrustUpdate("grow", min(settings.maximum, settings.grow_factor * radius), ratio,
+                           parent_change, predicted_change)
+    return TrustUpdate("keep", radius, ratio, parent_change, predicted_change)

@@ -1,0 +1,104 @@
+"""The adaptive trust radius (pure), the default policy's rules, and the fake VASP's CG line search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finetuna_core.query import KSteps, QueryContext, RelaxOnly, TrustRadius, make_policy
+from finetuna_core.trust import TrustRegion, update_radius
+from mock_vasp.relax import MAX_TRIAL_DISPLACEMENT, ConjugateGradient
+
+SETTINGS = TrustRegion(initial=0.2, minimum=0.05, maximum=0.5)
+
+
+def test_first_point_keeps_the_radius():
+    update = update_radius(SETTINGS, 0.2, None, None, 0.0)
+    assert update.verdict == "first" and update.radius == 0.2
+
+
+def test_uphill_rejects_and_shrinks_below_the_rejected_segment():
+    update = update_radius(SETTINGS, 0.4, parent_change=0.05, predicted_change=-0.2, segment_length=0.3)
+    assert update.verdict == "rejected"
+    assert update.radius == pytest.approx(0.15)  # half of the segment that went uphill, not of the radius
+
+
+def test_ratio_decides_between_shrink_keep_and_grow():
+    shrink = update_radius(SETTINGS, 0.2, parent_change=-0.01, predicted_change=-0.2, segment_length=0.2)
+    assert shrink.verdict == "shrink" and shrink.radius == pytest.approx(0.1) and shrink.ratio == pytest.approx(0.05)
+    keep = update_radius(SETTINGS, 0.2, parent_change=-0.1, predicted_change=-0.2, segment_length=0.2)
+    assert keep.verdict == "keep" and keep.radius == 0.2
+    grow = update_radius(SETTINGS, 0.2, parent_change=-0.19, predicted_change=-0.2, segment_length=0.2)
+    assert grow.verdict == "grow" and grow.radius == pytest.approx(0.3)
+    # a good ratio on a short segment (the optimizer stopped before the radius): no reason to grow
+    short = update_radius(SETTINGS, 0.2, parent_change=-0.19, predicted_change=-0.2, segment_length=0.05)
+    assert short.verdict == "keep"
+
+
+def test_radius_stays_within_bounds_and_noise_is_ignored():
+    assert update_radius(SETTINGS, 0.5, -0.5, -0.5, 0.5).radius == 0.5
+    assert update_radius(SETTINGS, 0.05, -1e-3, -1.0, 0.05).radius == 0.05
+    assert update_radius(SETTINGS, 0.2, -1e-4, -5e-4, 0.2).verdict == "keep"  # both below energy_noise
+
+
+def test_bad_trust_region_settings_are_rejected():
+    with pytest.raises(ValueError, match="minimum <= initial <= maximum"):
+        TrustRegion(initial=0.6, maximum=0.5)
+    with pytest.raises(ValueError, match="shrink_factor"):
+        TrustRegion(shrink_factor=1.5)
+
+
+def context(**overrides) -> QueryContext:
+    values = {"step": 5, "parent_calls": 2, "steps_since_parent": 3, "forces": np.full((4, 3), 0.1),
+              "free": np.ones(4, bool), "force_spread": None}
+    values.update(overrides)
+    return QueryContext(**values)
+
+
+def test_default_policy_is_the_trust_region():
+    policy = make_policy()
+    kinds = [type(rule) for rule in policy.rules]
+    assert RelaxOnly in kinds and TrustRadius in kinds and KSteps in kinds
+    assert policy.reason(context(displacement=0.25, trust_radius=0.2)) is not None
+    assert policy.reason(context(displacement=0.15, trust_radius=0.2)) is None
+    assert "25 steps" in policy.reason(context(steps_since_parent=25))  # the stall guard
+
+
+def test_fixed_radius_ignores_the_learner_radius_and_tight_verify_threshold():
+    assert TrustRadius(0.5).reason(context(displacement=0.3, trust_radius=0.1)) is None
+    assert RelaxOnly(0.03).reason(context(forces=np.full((4, 3), 0.01))) is not None
+    assert RelaxOnly(0.03).reason(context(forces=np.full((4, 3), 0.01), verify_fmax=0.005)) is None
+
+
+def test_paper_policies_are_unchanged_by_the_default():
+    paper = make_policy("relax-only")
+    assert [type(rule) for rule in paper.rules] == [type(paper.rules[0]), RelaxOnly]
+    with pytest.raises(ValueError, match="unknown query policy"):
+        make_policy("always")
+
+
+def narrow_well(x: np.ndarray) -> tuple[float, np.ndarray]:
+    """A narrow Gaussian well on a gentle slope: an optimistic line search jumps across it."""
+    position = x.reshape(-1, 3)
+    r2 = (position**2).sum(axis=1)
+    energy = float(np.sum(-2.0 * np.exp(-r2 / 0.05) + 0.05 * r2))
+    forces = -(2.0 * 2.0 / 0.05 * np.exp(-r2 / 0.05)[:, None] * position + 0.1 * position)
+    return energy, forces
+
+
+def test_cg_never_accepts_a_line_minimum_above_its_start_and_bounds_steps():
+    x = np.array([[0.25, 0.1, 0.0], [-0.2, 0.15, 0.05]])
+    cg = ConjugateGradient(potim=2.0, mask=np.ones_like(x))
+    accepted = []
+    for _ in range(200):
+        energy, forces = narrow_well(x)
+        if np.linalg.norm(forces, axis=1).max() < 1e-3:
+            break
+        new = cg.step(x, energy, forces)
+        if np.allclose(cg.x0, x.ravel()):  # a new line starts here: the point was accepted
+            accepted.append(energy)
+        assert np.linalg.norm(new - x, axis=1).max() <= MAX_TRIAL_DISPLACEMENT + 1e-9
+        x = new
+    assert np.linalg.norm(narrow_well(x)[1], axis=1).max() < 1e-3, "CG did not converge"
+    assert all(b <= a + 1e-4 for a, b in zip(accepted, accepted[1:])), accepted
+    assert narrow_well(x)[0] < -3.9  # both atoms in the well, not thrown out of it
