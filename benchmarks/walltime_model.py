@@ -61,10 +61,13 @@ def main(argv=None) -> dict:
                              "finetune_s": finetune, "predict_s": predict, "overhead_s": overhead,
                              "fraction_python": (finetune + predict + overhead) / learner_time,
                              "projected_speedup": cg_time / learner_time})
+    from finetuna_core.metrics import score
+
     summary = []
     for key in sorted({(r["set"], r["method"]) for r in rows}):
         group = [r for r in rows if (r["set"], r["method"]) == key]
-        summary.append({"set": key[0], "method": key[1], "systems": len(group),
+        accuracy = score(load(f"relaxation_{key[0]}")["runs"], key[1]).accuracy
+        summary.append({"set": key[0], "method": key[1], "systems": len(group), "accuracy": accuracy,
                         "finetune_s": statistics.median(r["finetune_s"] for r in group),
                         "predict_s": statistics.median(r["predict_s"] for r in group),
                         "overhead_s": statistics.median(r["overhead_s"] for r in group),
@@ -72,7 +75,7 @@ def main(argv=None) -> dict:
                         "speedup_median": statistics.median(r["projected_speedup"] for r in group),
                         "speedup_mean": statistics.mean(r["projected_speedup"] for r in group)})
     print(f"interface cost per DFT call relative to a fresh VASP (M1): {costs}")
-    print(table(summary, [("set", "set"), ("method", "method"), ("systems", "systems"),
+    print(table(summary, [("set", "set"), ("method", "method"), ("systems", "systems"), ("accuracy", "accuracy"),
                           ("finetune_s", "fine-tune s"), ("predict_s", "inference s"), ("overhead_s", "overhead s"),
                           ("fraction_python", "Python share"), ("speedup_median", "speed-up median"),
                           ("speedup_mean", "mean")]))

@@ -184,7 +184,10 @@ def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: Labelle
     """Put the optimizer on ``point`` with its Hessian rebuilt from every parent point (``point`` last)."""
     if point is None:
         return
-    atoms.set_positions(point.atoms.positions, apply_constraint=False)
+    if not np.array_equal(atoms.positions, point.atoms.positions):
+        atoms.set_positions(point.atoms.positions, apply_constraint=False)
+        if getattr(optimizer, "v", None) is not None:  # FIRE: momentum from a rejected segment is void
+            optimizer.v = None
     if rebuild_hessian and isinstance(optimizer, BFGS):
         points = [p for p in learner.parent_points if p is not point] + [point]
         rebuild_bfgs_hessian(optimizer, points)
