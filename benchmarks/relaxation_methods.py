@@ -176,7 +176,7 @@ def kpoints_for(atoms) -> tuple[int, int, int]:
 
 
 def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: dict) -> dict:
-    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.learner import DEFAULT_TRUST_RADIUS, OnlineLearner
     from finetuna_core.relax import learner_setup, relax, relax_parent_only, relax_vasp_cg, relax_warm_start
     from vasp_interactive import VaspInteractive
 
@@ -197,7 +197,7 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
         surrogate = surrogates["ensemble" if policy == "uncertainty" else "single"]
         surrogate.reset()
         if policy == "previous-default":  # the default until 2026-12: relax-only + a fixed 0.5 A radius
-            setup = learner_setup("relax-only", fmax=FMAX, trust_radius=0.5)
+            setup = learner_setup("relax-only", fmax=FMAX, trust_radius=DEFAULT_TRUST_RADIUS)
         else:  # ours ("default") or the paper's variants as published
             setup = learner_setup(policy, fmax=FMAX, k=100, threshold=0.05)
         learner = OnlineLearner(parent, surrogate, setup.policy, settings=setup.settings)

@@ -116,7 +116,6 @@ class OnlineLearner(Calculator):
         self.precompute_seconds: list[float] = []
         self.trust_radius = self.settings.trust_region.initial
         self.verify_fmax: float | None = None  # set by a driver to tighten relax-only (its final phase)
-        self.last_update: TrustUpdate | None = None
         self.trust_updates: list[TrustUpdate] = []
         self._steps_since_parent = 0
         self._parent_events = 0
@@ -261,7 +260,6 @@ class OnlineLearner(Calculator):
             update = update_radius(self.settings.trust_region, self.trust_radius, energy - start.energy,
                                    prediction.energy - self._start_prediction, largest_move(atoms, start.atoms))
         self.trust_radius = update.radius
-        self.last_update = update
         self.trust_updates.append(update)
         self._previous_start_index = self._start_index
         self._start_index = newest

@@ -99,9 +99,9 @@ class Uncertainty(QueryRule):
 class TrustRadius(QueryRule):
     """Ask the parent when a free atom moved more than a radius from the segment's start point.
 
-    The start point is the best parent point (lowest parent energy), where the optimizer resumes
-    after every parent call. ``radius=None`` (the default policy) uses the learner's adaptive
-    radius (:mod:`finetuna_core.trust`); a number fixes it. Not in the paper: a guard for
+    The start point is the newest accepted parent point (a rejected, uphill one does not count),
+    where the optimizer resumes after every parent call. ``radius=None`` (the default policy) uses
+    the learner's adaptive radius (:mod:`finetuna_core.trust`); a number fixes it. Not in the paper: a guard for
     surrogates far from the parent's physics, which otherwise carry soft coordinates a long way on
     forces no parent point supports.
     """
@@ -151,14 +151,11 @@ def make_policy(name: PolicyName = DEFAULT_POLICY, fmax: float = 0.03, k: int = 
     """
     rules: list[QueryRule] = [InitialPoints(initial_points)] if initial_points > 0 else []
     rules.append(RelaxOnly(fmax))
+    if name == "trust-region" or trust_radius is not None:
+        rules.append(TrustRadius(trust_radius))
     if name == "trust-region":
-        rules.append(TrustRadius(trust_radius))
         rules.append(KSteps(stall_steps))
-        rules.extend(extra)
-        return AnyRule(tuple(rules))
-    if trust_radius is not None:
-        rules.append(TrustRadius(trust_radius))
-    if name == "k-steps":
+    elif name == "k-steps":
         rules.append(KSteps(k))
     elif name == "uncertainty":
         rules.append(Uncertainty(threshold))

@@ -22,7 +22,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, GPMin
 
 from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of
-from .query import AnyRule, make_policy
+from .query import AnyRule, PolicyName, make_policy
 from .surrogates.base import LabelledPoint, Surrogate
 
 OPTIMIZERS = {"bfgs": BFGS, "fire": FIRE, "gpmin": GPMin}
@@ -166,7 +166,8 @@ class LearnerSetup:
     guards: Guards
 
 
-def learner_setup(query: str = "default", fmax: float = 0.03, **policy_options: Any) -> LearnerSetup:
+def learner_setup(query: Literal["default"] | PolicyName = "default", fmax: float = 0.03,
+                  **policy_options: Any) -> LearnerSetup:
     """The default learner (``"default"`` or ``"trust-region"``) or one of the paper's by name.
 
     The default: adaptive trust region with a stall guard, forces matched at each segment's start,

@@ -37,7 +37,6 @@ class ConjugateGradient:
         self.trial_length = 0.0
         self.scale = 1.0
         self.message = ""
-        self.rejected = 0  # line minima that raised the energy (the search restarted from x0)
 
     def step(self, x: np.ndarray, energy: float, forces: np.ndarray) -> np.ndarray:
         force = forces.ravel() * self.mask
@@ -45,7 +44,6 @@ class ConjugateGradient:
         if self.phase == "corrector" and energy > self.e0 + ENERGY_RISE_TOLERANCE:
             # the line minimum is above the line's start: VASP does not accept that; restart from the
             # start along steepest descent with a much shorter trial step (CG history dropped)
-            self.rejected += 1
             self.scale = max(MIN_SCALE, 0.25 * self.scale)
             self.previous_force = None
             return self._new_direction(self.x0, self.e0, self.g0)
