@@ -20,6 +20,7 @@ from .fortran import SCF_HEADER, energy_line, scf_line, vector_block, vector_lin
 from .incar import Incar
 from .interactive import StdinReader, read_client_input
 from .job import Job
+from .mlff import ForceField
 from .mpi import Comm
 from .outcar import OutcarWriter
 from .outfiles import IonicResult, Oszicar, atomic_write
@@ -81,6 +82,7 @@ class Run:
         self.lattice = job.structure.lattice.copy()
         self.frac = job.structure.frac.copy()
         self.step = 0
+        self.force_field = ForceField(job.mlff) if job.mlff.enabled else None  # only rank 0's predicts and learns
         self.stop: str | None = None
         self.last: IonicResult | None = None
         self._last_scf_energy: float | None = None
@@ -200,7 +202,8 @@ class Run:
                 self.sync_files()
                 self._write_profile()
                 received = read_client_input(self.variant, self.reader, self.out, self.frac, self.lattice,
-                                             job.structure.species, job.structure.counts)
+                                             job.structure.species, job.structure.counts,
+                                             initial_frac=job.structure.frac)
             self.frac, self.lattice = self.comm.bcast(received)
             self._timings = {"input_read": time.perf_counter()}
             if self.comm.bcast(self.stop is not None):
@@ -215,6 +218,8 @@ class Run:
         cartesian = frac @ lattice
         if self.comm.is_root:
             self._step_faults_before()
+        if self.force_field is not None and self._force_field_step(frac, lattice, started):
+            return self.last  # type: ignore[return-value]
         if self.native:
             physics, outcome, chi_mean = self._native_step(symbols, cartesian, lattice)
         else:
@@ -248,6 +253,8 @@ class Run:
             seconds=time.perf_counter() - started,
         )
         aborted = HARD_STOP.strip() if self.stop == "LABORT" else None
+        if self.force_field is not None:
+            self.force_field.learn(result.cartesian, result.free_energy, result.forces, result.stress_kb)
         self.outcar.ionic_step(result, aborted)
         self.vasprun.ionic_step(result)
         if self.stop == "LSTOP":
@@ -258,6 +265,37 @@ class Run:
         atomic_write(self.directory / "CONTCAR", format_poscar(structure, frac=frac))
         self.last = result
         return result
+
+    def _force_field_step(self, frac: np.ndarray, lattice: np.ndarray, started: float) -> bool:
+        """Predict with the force field (an ML block in OUTCAR); True if that is the step's result.
+
+        Every rank takes the same branch; on the others ``self.last`` is not used.
+        """
+        ml_only = None
+        if self.comm.is_root:
+            clock = time.perf_counter()
+            cartesian = frac @ lattice
+            prediction = self.force_field.predict(cartesian, self.job.natoms)
+            if self.step == 1:  # VASP prints the first header before the first ML block, later ones after
+                self.outcar.ionic_header(1)
+            self.outcar.ml_block(cartesian, lattice, prediction.energy, prediction.forces, prediction.stress_kb,
+                                 time.perf_counter() - clock)
+            if self.step > 1:
+                self.outcar.ionic_header(self.step)
+            ml_only = not self.force_field.needs_dft(prediction, self.step)
+            if ml_only:
+                energy = prediction.energy
+                self.last = IonicResult(
+                    step=self.step, lattice=lattice.copy(), frac=frac.copy(), free_energy=energy,
+                    energy_without_entropy=energy, energy_sigma0=energy, forces=prediction.forces,
+                    stress_kb=prediction.stress_kb, converged=True,
+                    efermi=self.last.efermi if self.last is not None else 0.0, de=0.0,
+                    magnetization=self._magnetization(), scf_lines=[], seconds=time.perf_counter() - started)
+                self.vasprun.begin_step()
+                self.vasprun.ionic_step(self.last)
+                structure = replace(self.job.structure, lattice=lattice)
+                atomic_write(self.directory / "CONTCAR", format_poscar(structure, frac=frac))
+        return bool(self.comm.bcast(ml_only))
 
     def _begin_scf(self, note: str) -> None:
         if self.step > 1:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import Variant
 from .errors import ProtocolInputError
-from .fortran import vector_block
+from .fortran import fortran_f, vector_block
 
 PROMPT = {
     Variant.CLASSIC: "POSITIONS: reading from stdin",
@@ -70,12 +70,13 @@ class StdinReader:
 
 
 def read_client_input(variant: Variant, reader: StdinReader, out: TextIO, frac: np.ndarray,
-                      lattice: np.ndarray, species: list[str], counts: list[int]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      lattice: np.ndarray, species: list[str], counts: list[int],
+                      initial_frac: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Print the prompt, read the client's structure, print VASP's acknowledgement.
 
     Returns the new fractional positions and lattice (the lattice only changes where the
-    variant streams it).
+    variant streams it). ``initial_frac``: the POSCAR's positions, which VASP <= 6.3 echoes as
+    the "old" block of every exchange (not the previous structure); default ``frac``.
     """
     n = len(frac)
     out.write(PROMPT[variant] + "\n")
@@ -87,7 +88,7 @@ def read_client_input(variant: Variant, reader: StdinReader, out: TextIO, frac: 
         new_frac = reader.floats(3 * n).reshape(n, 3)
     if variant in (Variant.CLASSIC, Variant.LATTICE_PATCH):
         out.write(vector_block(new_frac))
-        out.write(vector_block(frac))
+        out.write(vector_block(frac if initial_frac is None else initial_frac))
     elif variant is Variant.COUNT_LINE:
         out.write(f"{n:12d}\n")
     out.write(DONE[variant] + "\n")
@@ -96,14 +97,26 @@ def read_client_input(variant: Variant, reader: StdinReader, out: TextIO, frac: 
         out.flush()
         new_lattice = reader.floats(9).reshape(3, 3)
         _check_lattice(new_lattice)
-        for label, cell in (("New", new_lattice), ("Old", lattice)):
-            reciprocal = np.linalg.inv(cell).T
-            for k in range(3):
-                prefix = f" {label}" if k == 0 else "    "
-                out.write(prefix + "".join(f"{x:14.7f}" for x in cell[k])
-                          + "".join(f"{x:14.7f}" for x in reciprocal[k]) + "\n")
+        out.write(lattice_echo(new_lattice, lattice))
         out.write("LATTICE: read from stdin\n")
     return new_frac, new_lattice
+
+
+def lattice_echo(new: np.ndarray, old: np.ndarray) -> str:
+    """What the lattice patch prints after reading a lattice (vasp-facts section 3.1).
+
+    For each of New and Old: a header, three rows (direct vector ``3F13.7``, reciprocal vector
+    ``3F13.7``, without the 2 pi), an empty line.
+    """
+    text = ""
+    for label, cell in (("New", new), ("Old", old)):
+        text += f"{label}   direct lattice vectors{' ' * 19}reciprocal lattice vectors\n"
+        reciprocal = np.linalg.inv(cell).T
+        for direct_row, reciprocal_row in zip(cell, reciprocal):
+            text += ("   " + "".join(fortran_f(float(x), 13, 7) for x in direct_row)
+                     + "   " + "".join(fortran_f(float(x), 13, 7) for x in reciprocal_row) + "\n")
+        text += "\n"
+    return text
 
 
 def _check_lattice(lattice: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError
 from .incar import Incar, read_incar
 from .kpoints import KpointSet, from_kspacing, parse_kpoints
+from .mlff import MlffSettings
 from .poscar import Structure, read_poscar
 from .potcar import PotcarEntry, read_potcar
 from .scf import ScfParams
@@ -46,6 +47,7 @@ class Job:
     scf: ScfParams
     nplwv: int
     ngrid: tuple[int, int, int]
+    mlff: MlffSettings = field(default_factory=MlffSettings)
 
     @property
     def natoms(self) -> int:
@@ -176,4 +178,13 @@ def load_job(directory: Path) -> Job:
         scf=scf,
         nplwv=int(np.prod(ngrid)),
         ngrid=ngrid,
+        mlff=_mlff_settings(incar),
     )
+
+
+def _mlff_settings(incar) -> MlffSettings:
+    settings = MlffSettings.from_incar(incar)
+    if settings.enabled and settings.mode != "train":
+        raise InputError(f"INCAR: ML_MODE = {settings.mode}: mock-vasp emulates the force field's training mode only "
+                         "(ML_MODE = train, or ML_ISTART = 0 or 1); a 'run' needs an ML_AB file it does not write")
+    return settings

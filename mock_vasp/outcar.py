@@ -197,6 +197,40 @@ class OutcarWriter:
         w(RULE + "\n\n\n")
         w(f"     LOOP+:  cpu time {result.seconds:9.4f}: real time {result.seconds:9.4f}\n")
 
+    def ionic_header(self, step: int) -> None:
+        """The ``Ionic step`` rule VASP prints with its force field on."""
+        self.file.write(f"\n\n{'-' * 39} Ionic step {step:8d}  {'-' * 43}\n\n\n")
+
+    def ml_block(self, cartesian: np.ndarray, lattice: np.ndarray, energy: float, forces: np.ndarray,
+                 stress_kb: np.ndarray | None, seconds: float) -> None:
+        """The force field's prediction for one structure, as VASP 6.3 prints it (fixtures mlff/)."""
+        w = self.file.write
+        kb = np.zeros(6) if stress_kb is None else np.asarray(stress_kb)
+        volume = float(abs(np.linalg.det(lattice)))
+        total = kb * volume / 1602.1766208
+        pressure = float(np.mean(kb[:3]))
+        w("\n\n\n  ML FORCE on cell =-STRESS in cart. coord. units (eV/cell)\n")
+        w("  Direction    XX          YY          ZZ          XY          YZ          ZX\n")
+        w("  " + "-" * 86 + "\n")
+        w("  Total:  " + "".join(f"{x:12.5f}" for x in total) + "\n")
+        w("  in kB   " + "".join(f"{x:12.5f}" for x in kb) + "\n")
+        w(f"  external pressure = {pressure:11.2f} kB  Pullay stress =        0.00 kB\n\n")
+        w("  kinetic pressure (ideal gas correction) =      0.00 kB\n")
+        w(f"  total pressure  = {pressure:9.2f} kB\n")
+        w("  Total+kin. " + "".join(f"{x:12.3f}" for x in kb) + "\n")
+        w(f"  volume of cell :  {volume:10.2f}\n")
+        w(_lattice_block(lattice))
+        w("\n\n  POSITION                                       TOTAL-FORCE (eV/Angst) (ML)\n")
+        w(" " + "-" * 83 + "\n")
+        w(block(np.hstack([cartesian, forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f"))
+        w(" " + "-" * 83 + "\n")
+        w("    total drift:                         " + "".join(f"{x:14.6f}" for x in forces.sum(axis=0)) + "\n\n\n")
+        w(RULE + "\n\n\n\n")
+        w("  ML FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)\n" + SHORT_RULE + "\n")
+        w(f"  free  energy ML TOTEN  = {energy:18.8f} eV\n\n")
+        w(f"  ML energy  without entropy= {energy:17.8f}  ML energy(sigma->0) = {energy:17.8f}\n\n")
+        w(f"      MLFF:  cpu time {seconds:9.4f}: real time {seconds:9.4f}\n")
+
     def message(self, text: str) -> None:
         self.file.write(f" {text}\n")
 

@@ -230,10 +230,13 @@ class ScfSolver:
             de = energy - previous_energy if step > 1 else energy
             deps = band - previous_band if step > 1 else band
             previous_energy, previous_band = energy, band
-            # 2. mixing: Pulay over the history of input densities and their residuals
-            mixing = step > non_sc_steps
+            # 2. mixing: Pulay over the history of input densities and their residuals. As in VASP,
+            # the density is first mixed after the last non-selfconsistent step (NELMDL = -5: after
+            # the 5th line), and not after the line that converged: that line has no rms(c) column.
+            mixing = step >= non_sc_steps
+            converged = mixing and step >= p.nelmin and abs(de) < p.ediff and abs(deps) < p.ediff
             rms_charge = None
-            if mixing:
+            if mixing and not converged:
                 z_in = np.concatenate([x, d.ravel()])
                 residual = np.concatenate([target_x, target_d.ravel()]) - z_in
                 rms_charge = float(np.linalg.norm(residual) / math.sqrt(len(residual)))
@@ -253,7 +256,7 @@ class ScfSolver:
             outcome.iterations = step
             outcome.excess_energy = energy
             abort = on_line(line) if on_line is not None else False
-            if mixing and step >= p.nelmin and abs(de) < p.ediff and abs(deps) < p.ediff:
+            if converged:
                 outcome.converged = True
                 break
             if abort:

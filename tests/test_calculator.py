@@ -89,6 +89,32 @@ def test_cell_changes_stream_or_restart(tmp_path, monkeypatch, version, streams)
         assert energy == pytest.approx(check.get_potential_energy(), abs=1e-6)
 
 
+def test_a_lattice_echo_other_than_sent_is_refused(tmp_path, monkeypatch):
+    """A lattice-patch transcript recorded from the fake, replayed with one echoed number changed."""
+    from vasp_interactive import VaspProtocolError
+
+    monkeypatch.setenv("MOCK_VASP_VERSION", "6.3.2+lattice")
+    atoms = Atoms("Cu4", cell=np.eye(3) * 3.7, pbc=True,
+                  scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+    def two_cells(directory, command):
+        with VaspInteractive(command=command, directory=directory, txt="vasp.out", **PARAMS) as calc:
+            atoms.calc = calc
+            for scale in (1.0, 1.01):
+                atoms.set_cell(np.eye(3) * 3.7 * scale, scale_atoms=True)
+                atoms.get_potential_energy()
+
+    two_cells(tmp_path / "record", MOCK_VASP)
+    transcript = (tmp_path / "record" / "vasp.out").read_text()
+    sent = "%13.7f" % (3.7 * 1.01)
+    assert transcript.count("   " + sent) >= 1  # the New block's first row starts with the sent a
+    tampered = tmp_path / "tampered.out"
+    tampered.write_text(transcript.replace("   " + sent, "   " + "%13.7f" % (3.7 * 1.011), 1))
+    with pytest.raises(VaspProtocolError, match="echoed a lattice other than the one sent"):
+        two_cells(tmp_path / "replay", [MOCK_VASP, "--replay", str(tampered)])
+    two_cells(tmp_path / "control", [MOCK_VASP, "--replay", str(tmp_path / "record" / "vasp.out")])
+
+
 def test_restart_policy_error(tmp_path, monkeypatch):
     from vasp_interactive import RestartPolicy
 

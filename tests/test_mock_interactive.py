@@ -46,39 +46,66 @@ def test_positions_variants(tmp_path, version, echo):
         reply = raw.until_prompt()
         marker = reply.index("POSITIONS: read from stdin")
         if echo:  # N new then N old positions, 3F14.7, before the marker
-            assert marker == 2 * len(frac)
-            new = np.array([[float(v) for v in line.split()] for line in reply[:len(frac)]])
-            old = np.array([[float(v) for v in line.split()] for line in reply[len(frac):marker]])
-            wrapped = (old - poscar.get_scaled_positions() + 0.5) % 1.0 - 0.5
-            assert np.allclose(new, frac, atol=1e-6) and np.abs(wrapped).max() < 1e-6
+            check_positions_echo(reply, frac, poscar.get_scaled_positions())
         else:  # 6.4.1+: one line with the number of atoms, no echo
             assert marker == 1 and reply[0].split() == [str(len(frac))]
         assert reply[marker + 1] == " bond charge predicted"
         assert reply[-1] == "POSITIONS: reading from stdin"
         second_scf = [line for line in reply if line.startswith("DAV:")]
         assert 1 <= len(second_scf) < len(scf)  # extrapolated start beats the cold start
+        if echo:  # real 6.1.2: the "old" block is the POSCAR's positions at every exchange, not the last sent
+            frac[0, 0] += 0.002
+            raw.send_frac(frac)
+            check_positions_echo(raw.until_prompt(), frac, poscar.get_scaled_positions())
     finally:
         raw.process.kill()
         raw.finish()
 
 
+def check_positions_echo(reply, sent, poscar_frac):
+    marker = reply.index("POSITIONS: read from stdin")
+    n = len(sent)
+    assert marker == 2 * n
+    new = np.array([[float(v) for v in line.split()] for line in reply[:n]])
+    old = np.array([[float(v) for v in line.split()] for line in reply[n:marker]])
+    wrapped = (old - poscar_frac + 0.5) % 1.0 - 0.5
+    assert np.allclose(new, sent, atol=1e-6) and np.abs(wrapped).max() < 1e-6
+
+
+def expected_lattice_echo(new, old) -> list[str]:
+    """vasp-facts section 3.1, written out from its text: header, 3 rows of 3X,3F13.7,3X,3F13.7, empty line."""
+    lines = []
+    for label, cell in (("New", new), ("Old", old)):
+        lines.append(f"{label}   direct lattice vectors                   reciprocal lattice vectors")
+        reciprocal = np.linalg.inv(cell).T
+        for k in range(3):
+            lines.append("   " + "".join(f"{x:13.7f}" for x in cell[k]) + "   "
+                         + "".join(f"{x:13.7f}" for x in reciprocal[k]))
+        lines.append("")
+    return lines
+
+
 def test_lattice_patch_variant(tmp_path):
     raw, poscar, _ = start(tmp_path, "6.3.2+lattice")
     try:
-        frac = poscar.get_scaled_positions()
-        raw.send_frac(frac)
-        reply = raw.until_prompt()
-        assert reply[-1] == "LATTICE: reading from stdin"
-        assert reply[2 * len(frac)] == "POSITIONS: read from stdin"
-        cell = np.array(poscar.cell) * 1.01
-        raw.send("".join(f"{a:.12f} {b:.12f} {c:.12f}\n" for a, b, c in cell))
-        reply = raw.until_prompt()
-        marker = reply.index("LATTICE: read from stdin")
-        assert marker == 6 and reply[0].split()[0] == "New" and reply[3].split()[0] == "Old"
-        assert np.allclose([float(v) for v in reply[0].split()[1:4]], cell[0], atol=1e-6)
-        assert reply[-1] == "POSITIONS: reading from stdin"
-        outcar = read(tmp_path / "OUTCAR", format="vasp-out", index=-1)
-        assert np.allclose(outcar.cell, cell, atol=1e-6)
+        previous = np.array(poscar.cell)
+        for scale in (1.01, 1.02):  # the second exchange's "Old" block is the first one's new lattice
+            frac = poscar.get_scaled_positions()
+            raw.send_frac(frac)
+            reply = raw.until_prompt()
+            assert reply[-1] == "LATTICE: reading from stdin"
+            assert reply[2 * len(frac)] == "POSITIONS: read from stdin"
+            cell = np.array(poscar.cell) * scale
+            raw.send("".join(f"{a:.12f} {b:.12f} {c:.12f}\n" for a, b, c in cell))
+            reply = raw.until_prompt()
+            marker = reply.index("LATTICE: read from stdin")
+            assert reply[:marker] == expected_lattice_echo(cell, previous)  # byte for byte
+            # what the public driver counts: 9 non-empty lines up to and including the marker
+            assert sum(1 for line in reply[:marker + 1] if line.strip()) == 9
+            assert reply[-1] == "POSITIONS: reading from stdin"
+            outcar = read(tmp_path / "OUTCAR", format="vasp-out", index=-1)
+            assert np.allclose(outcar.cell, cell, atol=1e-6)
+            previous = cell
     finally:
         raw.process.kill()
         raw.finish()
@@ -185,3 +212,25 @@ def test_eof_on_stdin_is_a_fortran_error(tmp_path):
     raw.process.stdin.close()
     assert raw.finish() == 24
     assert "end-of-file during read" in raw.stderr
+
+
+def test_rms_c_column_as_real_vasp_prints_it(tmp_path):
+    """Real 6.1.2: rms(c) from the 5th SCF line of the first step (NELMDL = -5), never on a step's last line."""
+    raw, poscar, first = start(tmp_path, "6.1.2")
+    try:
+        def columns(lines):
+            return [len(line.split()) for line in lines if line.startswith(("DAV:", "RMM:"))]
+
+        cold = columns(first)
+        assert len(cold) > 6
+        assert cold[:4] == [7] * 4 and cold[4:-1] == [8] * (len(cold) - 5) and cold[-1] == 7
+        frac = poscar.get_scaled_positions()
+        frac[-1, 2] += 0.003
+        raw.send_frac(frac)
+        warm = columns(raw.until_prompt())
+        assert len(warm) >= 2 and warm[:-1] == [8] * (len(warm) - 1) and warm[-1] == 7
+        oszicar = [line for line in (tmp_path / "OSZICAR").read_text().splitlines() if line.startswith("DAV:")]
+        assert [len(line.split()) for line in oszicar[:len(cold)]] == cold  # OSZICAR prints the same lines
+    finally:
+        raw.process.kill()
+        raw.finish()

@@ -10,6 +10,7 @@ from vasp_interactive.protocol import (
     ErrorMessage,
     HardStop,
     InputAccepted,
+    LatticeEcho,
     Prompt,
     PromptKind,
     ScfIteration,
@@ -101,12 +102,59 @@ def test_all_prompt_variants():
     parser = StreamParser(2)
     events = feed_all(parser, [" vasp.6.3.2 27Jun22"] + lines_of_step() + [
         "POSITIONS: reading from stdin", "     0.1 0.0 0.0", "     0.0 0.0 0.0", "     0.1 0.0 0.0",
-        "     0.0 0.0 0.0", "POSITIONS: read from stdin", "LATTICE: reading from stdin",
-        " New  8.0 0 0", "     0 8.0 0", "     0 0 8.0", " Old  8.0 0 0", "     0 8.0 0", "     0 0 8.0",
-        "LATTICE: read from stdin"] + lines_of_step(2))
+        "     0.0 0.0 0.0", "POSITIONS: read from stdin", "LATTICE: reading from stdin"]
+        + section_3_1_echo(np.eye(3) * 8.1, np.eye(3) * 8.0) + ["LATTICE: read from stdin"] + lines_of_step(2))
     assert parser.variant is Variant.LATTICE_PATCH
     assert [e.kind for e in events if isinstance(e, Prompt)] == [PromptKind.POSITIONS, PromptKind.LATTICE]
     assert sum(isinstance(e, StepResult) for e in events) == 2
+    echo = [e for e in events if isinstance(e, LatticeEcho)]
+    assert len(echo) == 1 and np.allclose(echo[0].new, np.eye(3) * 8.1) and np.allclose(echo[0].old, np.eye(3) * 8)
+    assert np.allclose(echo[0].new_reciprocal, np.eye(3) / 8.1, atol=1e-7)
+
+
+def section_3_1_echo(new, old) -> list[str]:
+    """The lattice patch's echo as vasp-facts section 3.1 describes it, written out independently."""
+    lines = []
+    for label, cell in (("New", new), ("Old", old)):
+        lines.append(label + "   direct lattice vectors" + " " * 19 + "reciprocal lattice vectors")
+        for direct, reciprocal in zip(cell, np.linalg.inv(cell).T):
+            row = "".join(f"{x:13.7f}" for x in direct), "".join(f"{x:13.7f}" for x in reciprocal)
+            lines.append("   " + row[0] + "   " + row[1])
+        lines.append("")
+    return lines
+
+
+def lattice_exchange(echo: list[str]) -> list[object]:
+    parser = StreamParser(1)
+    return feed_all(parser, [" vasp.6.3.2 27Jun22"] + lines_of_step(natoms=1) + [
+        "POSITIONS: reading from stdin", "     0.1 0.0 0.0", "     0.0 0.0 0.0", "POSITIONS: read from stdin",
+        "LATTICE: reading from stdin"] + echo + ["LATTICE: read from stdin"])
+
+
+def test_lattice_echo_accepts_the_patch_layout_and_nothing_looser():
+    cell = np.array([[10.2, 0.0, 0.0], [-5.1, 8.83345, 0.0], [0.0, 0.0, 24.5]])
+    good = section_3_1_echo(cell, cell * 0.99)
+    echo = [e for e in lattice_exchange(good) if isinstance(e, LatticeEcho)][0]
+    assert np.allclose(echo.new, cell, atol=1e-7) and np.allclose(echo.old, cell * 0.99, atol=1e-7)
+    # numbers that touch (F13.7 of -1234.5678901 fills all 13 columns) are read by column
+    wide = section_3_1_echo(np.diag([-1234.5678901, 9.0, 9.0]), np.eye(3) * 9.0)
+    assert "   -1234.5678901" in wide[1]
+    echo = [e for e in lattice_exchange(wide) if isinstance(e, LatticeEcho)][0]
+    assert echo.new[0, 0] == pytest.approx(-1234.5678901)
+    # the layout our fake used to print, and near misses of the real one, are protocol errors
+    old_fake = [" New" + "".join(f"{x:14.7f}" for x in cell[0]) + "".join(f"{x:14.7f}" for x in cell[0] / 100)]
+    variants = {
+        "old fake layout": old_fake + ["    " + "".join(f"{x:14.7f}" for x in row) * 2 for row in cell[1:]] * 2,
+        "no empty lines": [line for line in good if line],
+        "Old before New": good[5:] + good[:5],
+        "a row short": good[:3] + good[4:],
+        "F14.7 rows": [line.replace("   ", "    ", 1) if line.startswith("   ") else line for line in good],
+        "stray line": good[:5] + [" WARNING: something"] + good[5:],
+    }
+    for name, lines in variants.items():
+        with pytest.raises(VaspProtocolError, match="lattice patch's layout"):
+            lattice_exchange(lines)
+            pytest.fail(f"accepted a lattice echo with {name}")
 
 
 def test_the_classic_hang_prompt_is_recognised():

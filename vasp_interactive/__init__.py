@@ -6,6 +6,7 @@ works, restarts it when it must and stops it cleanly, leaving no process behind.
 
 from .calculator import VaspInteractive
 from .errors import (
+    MlStepRefused,
     RestartRefused,
     SilenceTimeout,
     StartupTimeout,
@@ -37,5 +38,6 @@ __all__ = [
     "VaspProtocolError",
     "VaspOutputIncomplete",
     "RestartRefused",
+    "MlStepRefused",
 ]
 __version__ = "0.1.0"

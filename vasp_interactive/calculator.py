@@ -21,15 +21,15 @@ from ase.calculators.calculator import (
     all_changes,
 )
 
-from .errors import LatticeNotStreamable, RestartRefused, VaspOutputIncomplete, VaspSetupError
+from .errors import LatticeNotStreamable, MlStepRefused, RestartRefused, VaspOutputIncomplete, VaspSetupError
 from .outputs import OutcarFollower, VasprunFollower
 from .process import PauseReport, resolve_command
 from .protocol import Variant
 from .session import StepRecord, VaspSession
-from .settings import FORCED_TAGS, InteractiveSettings, PauseSettings, RestartPolicy, Timeouts
+from .settings import FORCED_TAGS, InteractiveSettings, MlSteps, PauseSettings, RestartPolicy, Timeouts
 
 COMMAND_VARIABLES = ("ASE_VASP_COMMAND", "VASP_COMMAND")
-_OWN_KEYWORDS = ("command", "directory", "txt", "settings", "timeouts", "pause", "restart")
+_OWN_KEYWORDS = ("command", "directory", "txt", "settings", "timeouts", "pause", "restart", "ml_steps")
 
 
 class _Holder:
@@ -85,8 +85,10 @@ class VaspInteractive(Calculator):
     def __init__(self, command: str | list[str] | None = None, directory: str | os.PathLike = ".",
                  txt: str | IO[str] | None = "vasp.out", settings: InteractiveSettings | None = None,
                  timeouts: Timeouts | None = None, pause: PauseSettings | None = None,
-                 restart: RestartPolicy | None = None, **vasp_parameters: Any):
+                 restart: RestartPolicy | None = None, ml_steps: MlSteps | None = None, **vasp_parameters: Any):
         settings = settings or InteractiveSettings()
+        if ml_steps is not None:
+            settings = replace(settings, ml_steps=ml_steps)
         if timeouts is not None:
             settings = replace(settings, timeouts=timeouts)
         if pause is not None:
@@ -199,6 +201,7 @@ class VaspInteractive(Calculator):
                 reason = "cell"
         if result is None:
             result = self._start(atoms, reason)
+        result = self._refuse_ml_step(atoms, result)
         self._store(result, properties)
         self.call_seconds.append(time.perf_counter() - started)
 
@@ -260,7 +263,7 @@ class VaspInteractive(Calculator):
         self._vasprun = VasprunFollower(directory / "vasprun.xml")
         session = VaspSession(self.argv, directory, self._species, counts, self.settings,
                               txt=self._open_txt(directory),
-                              stop_with_signal=bool(self.vasp_parameters.get("ml_lmlff")))
+                              stop_with_signal=self.uses_force_field)
         self._holder.session = session
         self._parameters_changed = False
         if reason != "start":
@@ -268,7 +271,7 @@ class VaspInteractive(Calculator):
         frac, cell = self._vasp_structure(atoms)
         result = session.start(frac, cell)
         self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
-        self.steps.append(session.records[-1])
+        self._record_step(session)
         return result
 
     def _stream(self, atoms, cell_changed: bool):
@@ -276,8 +279,40 @@ class VaspInteractive(Calculator):
         frac, cell = self._vasp_structure(atoms)
         result = session.submit(frac, cell, cell_changed=cell_changed)
         self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
-        self.steps.append(session.records[-1])
+        self._record_step(session)
         return result
+
+    @property
+    def uses_force_field(self) -> bool:
+        """VASP runs its machine-learned force field (``ML_LMLFF``): steps may come without DFT."""
+        custom = self.vasp_parameters.get("custom") or {}
+        return bool(self.vasp_parameters.get("ml_lmlff") or custom.get("ml_lmlff"))
+
+    def _record_step(self, session: VaspSession) -> None:
+        record = session.records[-1]
+        if self.uses_force_field and self._outcar is not None:
+            self._outcar.update()
+            if len(self._outcar.steps) >= record.index and self._outcar.steps[record.index - 1].ml is not None:
+                record = replace(record, ml_energy=self._outcar.steps[record.index - 1].ml.free_energy)
+        self.steps.append(record)
+
+    def _refuse_ml_step(self, atoms, result):
+        """Apply ``settings.ml_steps`` to a step the force field answered; the result to use."""
+        if result.scf_iterations > 0 or not self.uses_force_field or self.settings.ml_steps == "accept":
+            return result
+        if self.settings.ml_steps == "raise":
+            self._last_result = None
+            self.reset()
+            raise MlStepRefused(
+                f"VASP's machine-learned force field answered ionic step {result.step} without DFT, and "
+                "ml_steps='raise' asks for DFT labels only. Use ml_steps='dft' to have it recomputed by DFT, "
+                "'accept' to take it, or run without ML_LMLFF", directory=str(self.directory))
+        warnings.warn(f"ionic step {result.step} came from VASP's force field: VaspInteractive restarts VASP "
+                      "with ML_LMLFF = .FALSE. (ml_steps='dft') and computes it by DFT", stacklevel=4)
+        custom = {k: v for k, v in (self.vasp_parameters.get("custom") or {}).items() if k != "ml_lmlff"}
+        self.vasp_parameters = {**self.vasp_parameters, "ml_lmlff": False, "custom": custom}
+        self._input = self._make_input(self.vasp_parameters)
+        return self._start(atoms, "force-field")
 
     def _vasp_structure(self, atoms) -> tuple[np.ndarray, np.ndarray]:
         frac = atoms.cell.scaled_positions(atoms.positions)[self._sort]

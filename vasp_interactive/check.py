@@ -111,7 +111,8 @@ def run_check(command: str | list[str] | None, directory: Path, timeout: float, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vasp-interactive",
-        description="Tools of the interactive VASP calculator. 'check' tries the configured VASP once.")
+        description="Tools of the interactive VASP calculator. 'check' tries the configured VASP once; 'ipi' "
+                    "serves it to an i-PI server.")
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="run a two-step interactive job and report what works",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--timeout", type=float, default=600.0, help="seconds for each step (default 600)")
     check.add_argument("--xc", default="PBE", help="functional for the POTCARs (default PBE)")
     check.add_argument("--keep", type=Path, help="run in this directory and keep it")
+    ipi = sub.add_parser("ipi", help="serve VASP to an i-PI server (i-PI, ASE's SocketIOCalculator)",
+                         description="Run VASP in this directory as an i-PI client: the structure from --structure "
+                         "(default POSCAR), the VASP tags from --incar (default INCAR, when present). VASP stays "
+                         "alive between requests, paused while it waits, and stops cleanly when the server ends.")
+    where = ipi.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="NAME", help="UNIX socket name of the server (ASE/i-PI: /tmp/ipi_NAME)")
+    where.add_argument("--port", type=int, help="TCP port of the server")
+    ipi.add_argument("--host", default="localhost", help="server host for --port (default localhost)")
+    ipi.add_argument("--directory", type=Path, default=Path("."), help="run directory (default: here)")
+    ipi.add_argument("--structure", type=Path, help="structure file ASE reads (default: DIRECTORY/POSCAR)")
+    ipi.add_argument("--incar", type=Path, help="INCAR with the VASP tags (default: DIRECTORY/INCAR if present)")
+    ipi.add_argument("--kpts", type=int, nargs=3, default=(1, 1, 1), metavar=("A", "B", "C"),
+                     help="Monkhorst-Pack mesh (default 1 1 1)")
+    ipi.add_argument("--xc", default="PBE", help="functional for the POTCARs (default PBE)")
+    ipi.add_argument("--command", help="VASP command (default: ASE_VASP_COMMAND or VASP_COMMAND)")
+    ipi.add_argument("--no-stress", action="store_true", help="send a zero virial (no stress needed)")
     args = parser.parse_args(argv)
+    if args.action == "ipi":
+        return _run_ipi(args)
     directory = args.keep or Path(tempfile.mkdtemp(prefix="vasp-interactive-check-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -129,6 +148,34 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _run_ipi(args) -> int:
+    from ase.io import read
+
+    from .calculator import VaspInteractive
+    from .errors import VaspError
+    from .ipi import incar_parameters, serve_ipi
+
+    directory = args.directory
+    structure = args.structure or directory / "POSCAR"
+    incar = args.incar or (directory / "INCAR" if (directory / "INCAR").is_file() else None)
+    try:
+        if not structure.is_file():
+            raise FileNotFoundError(f"no structure file {structure}: give --structure (any file ASE reads)")
+        atoms = read(structure)
+        parameters = {"xc": args.xc, "kpts": tuple(args.kpts)}
+        if incar is not None:
+            parameters.update(incar_parameters(incar))
+        calc = VaspInteractive(command=args.command, directory=directory, **parameters)
+        report = serve_ipi(atoms, calc, unixsocket=args.unix, host=args.host, port=args.port,
+                           use_stress=False if args.no_stress else None)
+    except (VaspError, OSError) as error:
+        print(f"vasp-interactive ipi: {error}", file=sys.stderr)
+        return 1
+    print(f"served {report.requests} structures ({report.paused} waits with VASP paused, "
+          f"{report.restarts} restarts); VASP stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -114,6 +114,10 @@ class LatticeNotStreamable(VaspError):
     """This VASP took the positions but asked for no lattice: a changed cell needs a restart."""
 
 
+class MlStepRefused(VaspError):
+    """VASP's force field answered a step without DFT, and the settings ask for DFT labels only."""
+
+
 class RestartRefused(VaspError):
     """A change needs a VASP restart but the restart policy forbids it."""
 

@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from ase.units import GPa
+from ase import Atoms
 
-_KB_TO_EV_A3 = 0.1 * GPa
+from .errors import VaspOutputIncomplete
+from .outcar import OutcarStep, OutcarSteps, read_outcar_steps, voigt_from_vasp_kb
 
 
 class _Follower:
@@ -54,41 +55,68 @@ class _Follower:
         pass
 
 
-def _voigt_from_vasp_kb(xx, yy, zz, xy, yz, zx) -> np.ndarray:
-    """VASP's 'in kB' order and sign to ASE's Voigt stress in eV/A^3."""
-    return -np.array([xx, yy, zz, yz, zx, xy]) * _KB_TO_EV_A3
-
-
 class OutcarFollower(_Follower):
-    """Stress (and the Fermi level) of each completed ionic step in OUTCAR."""
+    """Stress, energies and the Fermi level of each completed ionic step in OUTCAR.
+
+    Steps are counted as :class:`~vasp_interactive.outcar.OutcarSteps` counts them, so a run with
+    VASP's machine-learned force field (an ML and a DFT block for one step) is counted right.
+    """
 
     def _on_reset(self) -> None:
-        self.steps_completed = 0
+        self.parser = OutcarSteps()
         self.stress: dict[int, np.ndarray] = {}
         self.efermi: dict[int, float] = {}
-        self._pending_stress: np.ndarray | None = None
-        self._pending_efermi: float | None = None
+
+    @property
+    def steps_completed(self) -> int:
+        return len(self.parser.steps)
+
+    @property
+    def steps(self) -> list[OutcarStep]:
+        return self.parser.steps
 
     def update(self) -> int:
+        before = len(self.parser.steps)
         for line in self.new_lines():
-            if line.startswith("  in kB"):
-                try:
-                    self._pending_stress = _voigt_from_vasp_kb(*[float(x) for x in line.split()[2:8]])
-                except (ValueError, TypeError):
-                    self._pending_stress = None
-            elif line.startswith(" E-fermi :"):
-                try:
-                    self._pending_efermi = float(line.split()[2])
-                except (ValueError, IndexError):
-                    pass
-            elif "FREE ENERGIE OF THE ION-ELECTRON SYSTEM" in line:
-                self.steps_completed += 1
-                if self._pending_stress is not None:
-                    self.stress[self.steps_completed] = self._pending_stress
-                if self._pending_efermi is not None:
-                    self.efermi[self.steps_completed] = self._pending_efermi
-                self._pending_stress = self._pending_efermi = None
+            self.parser.feed(line)
+        for step in self.parser.steps[max(0, before - 1):]:  # the newest may have gained its DFT block
+            result = step.result
+            if result.stress is not None:
+                self.stress[step.index] = result.stress
+            if result.efermi is not None:
+                self.efermi[step.index] = result.efermi
         return self.steps_completed
+
+
+def read_outcar(path: str | os.PathLike) -> list[Atoms]:
+    """Every ionic step of an OUTCAR as ASE ``Atoms``, also for runs with VASP's ML force field.
+
+    Each structure carries a single-point calculator with ``energy`` (sigma -> 0), ``free_energy``,
+    ``forces`` and ``stress`` (where printed) of the step's result: DFT where DFT ran, else the
+    force field's. ``atoms.info``: ``"source"`` (``"dft"`` or ``"ml"``), ``"ml_energy"`` and
+    ``"dft_energy"`` (free energies, None where that block is absent), ``"step"``. ASE's own reader
+    raises on these files. Atoms are in VASP's (species-sorted) order.
+    """
+    from ase.calculators.singlepoint import SinglePointDFTCalculator
+
+    parsed = read_outcar_steps(path)
+    if not parsed.counts:
+        raise VaspOutputIncomplete(f"{path}: no 'ions per type' line; not an OUTCAR, or cut before its header",
+                                   directory=str(Path(path).parent))
+    symbols = [s for s, n in zip(parsed.species, parsed.counts) for _ in range(n)]
+    frames = []
+    for step in parsed.steps:
+        block = step.result
+        if block.positions is None or block.cell is None:
+            continue  # an energy block whose structure was cut off
+        atoms = Atoms(symbols, positions=block.positions, cell=block.cell, pbc=True)
+        atoms.calc = SinglePointDFTCalculator(atoms, energy=block.energy_sigma0, free_energy=block.free_energy,
+                                              forces=block.forces, stress=block.stress, efermi=block.efermi)
+        atoms.info.update(step=step.index, source=step.source,
+                          ml_energy=step.ml.free_energy if step.ml else None,
+                          dft_energy=step.dft.free_energy if step.dft else None)
+        frames.append(atoms)
+    return frames
 
 
 _V = re.compile(r"<v>\s*(\S+)\s+(\S+)\s+(\S+)\s*</v>")
@@ -114,7 +142,7 @@ class VasprunFollower(_Follower):
                 if len(self._rows) == 3 or "</varray>" in line:
                     if len(self._rows) == 3:
                         m = np.array(self._rows)
-                        self._pending = _voigt_from_vasp_kb(m[0, 0], m[1, 1], m[2, 2], m[0, 1], m[1, 2], m[0, 2])
+                        self._pending = voigt_from_vasp_kb(m[0, 0], m[1, 1], m[2, 2], m[0, 1], m[1, 2], m[0, 2])
                     self._rows = None
             elif "</calculation>" in line:
                 self.steps_completed += 1

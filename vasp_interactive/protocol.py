@@ -1,8 +1,11 @@
 """VASP's interactive stdout protocol as a pure state machine over lines.
 
 ``StreamParser.feed(line)`` returns the events the line completes; no I/O, no clocks. It knows
-every variant of the protocol (vasp-facts section 3) by the prompt text and never counts echo
-lines: after the client's input it waits for the matching ``read from stdin`` marker.
+every variant of the protocol (vasp-facts section 3) by the prompt text and never counts the
+positions echo: after the client's input it waits for the matching ``read from stdin`` marker.
+The "old" block of that echo is the run's first structure on real VASP, not the previous one, so
+nothing here reads it. The lattice patch's echo has one exact layout (section 3.1): it is parsed,
+and anything else between the lattice and its marker is a protocol error.
 """
 
 from __future__ import annotations
@@ -79,6 +82,15 @@ class InputAccepted:
 
 
 @dataclass(frozen=True)
+class LatticeEcho:
+    """The lattice patch's echo: the lattice VASP read (``new``) and the one it replaced, in Angstrom."""
+
+    new: np.ndarray
+    old: np.ndarray
+    new_reciprocal: np.ndarray
+
+
+@dataclass(frozen=True)
 class HardStop:
     pass
 
@@ -117,6 +129,8 @@ _ENERGY = re.compile(
     r"^\s*(\d+)\s+F=\s*(\S+)\s+E0=\s*(\S+)\s+d\s*E\s*=\s*(\S+)(?:\s+mag=\s*(\S+))?\s*$"
 )
 _NELM = "electronic self-consistency was not achieved"
+_LATTICE_HEADER = re.compile(r"^(New|Old)\s+direct lattice vectors\s+reciprocal lattice vectors$")
+_LATTICE_ROW_WIDTH = 3 + 3 * 13 + 3 + 3 * 13  # 3X, 3F13.7, 3X, 3F13.7
 
 
 def fortran_float(text: str) -> float:
@@ -150,6 +164,7 @@ class StreamParser:
     _scf_energies: list[float] = field(default_factory=list)
     _pending_forces: np.ndarray | None = None
     _last_prompt: PromptKind | None = None
+    _lattice_echo: list[str] = field(default_factory=list)
     lattice_checked: bool = False  # a positions exchange completed without a LATTICE prompt
 
     def expect_input_sent(self) -> None:
@@ -176,6 +191,13 @@ class StreamParser:
             events.append(ErrorMessage(error, message, hint))
             return events
 
+        if self.phase is Phase.ACKNOWLEDGING and self._last_prompt is PromptKind.LATTICE:
+            if stripped != "LATTICE: read from stdin":
+                self._lattice_echo.append(text.rstrip())
+                return events
+            echo = _parse_lattice_echo(self._lattice_echo)
+            self._lattice_echo = []
+            return [echo, *self._accepted(PromptKind.LATTICE)]
         if stripped in ACCEPTED:
             return self._accepted(ACCEPTED[stripped])
         if stripped.endswith("reading from stdin"):
@@ -195,8 +217,11 @@ class StreamParser:
                 events.append(ScfIteration(match.group(1), int(match.group(2)), energy))
             return events
         if stripped == "FORCES:":
-            if self.phase not in (Phase.RUNNING, Phase.STARTUP):
+            # ACCEPTED: a step VASP's machine-learned force field answered, without an SCF loop
+            if self.phase not in (Phase.RUNNING, Phase.STARTUP, Phase.ACCEPTED):
                 raise VaspProtocolError(f"FORCES block in an unexpected place (phase {self.phase.value})")
+            if self.phase is Phase.ACCEPTED and self._last_prompt is PromptKind.POSITIONS:
+                self.lattice_checked = True
             self.phase = Phase.FORCES
             self._forces = []
             return events
@@ -278,3 +303,32 @@ class StreamParser:
             raise VaspProtocolError(f"{kind.value.replace('reading', 'read')!r} without matching input")
         self.phase = Phase.ACCEPTED
         return [InputAccepted(kind)]
+
+
+def _parse_lattice_echo(lines: list[str]) -> LatticeEcho:
+    """The 10 lines between the lattice input and its marker, in the layout of vasp-facts 3.1."""
+    def fail(why: str) -> VaspProtocolError:
+        shown = " | ".join(lines[:12])
+        return VaspProtocolError(f"the lattice echo is not the lattice patch's layout ({why}): {shown!r}")
+
+    if len(lines) != 10:
+        raise fail(f"{len(lines)} lines, expected 2 x (header, 3 rows, empty line)")
+    blocks = {}
+    for offset, label in ((0, "New"), (5, "Old")):
+        header = _LATTICE_HEADER.match(lines[offset].strip())
+        if header is None or header.group(1) != label:
+            raise fail(f"line {offset + 1} is not the {label!r} header")
+        if lines[offset + 4].strip():
+            raise fail(f"line {offset + 5} should be empty")
+        rows = []
+        for row in lines[offset + 1: offset + 4]:
+            if len(row) != _LATTICE_ROW_WIDTH or row[:3].strip() or row[42:45].strip():
+                raise fail(f"row {row!r} is not 3X,3F13.7,3X,3F13.7")
+            fields = [row[3 + 13 * k: 16 + 13 * k] for k in range(3)] + [row[45 + 13 * k: 58 + 13 * k]
+                                                                           for k in range(3)]
+            try:
+                rows.append([fortran_float(f) for f in fields])
+            except ValueError:
+                raise fail(f"unreadable number in {row!r}") from None
+        blocks[label] = np.array(rows)
+    return LatticeEcho(new=blocks["New"][:, :3], old=blocks["Old"][:, :3], new_reciprocal=blocks["New"][:, 3:])

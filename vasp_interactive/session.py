@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from .protocol import (
     ErrorMessage,
     HardStop,
     InputAccepted,
+    LatticeEcho,
     Phase,
     Prompt,
     PromptKind,
@@ -56,12 +57,21 @@ from .stream import EOF, LineStream, Timeout
 
 @dataclass(frozen=True)
 class StepRecord:
-    """Bookkeeping of one ionic step: SCF cost and time spent waiting for VASP."""
+    """Bookkeeping of one ionic step: SCF cost, time spent waiting for VASP, and who computed it.
+
+    ``source``: ``"ml"`` for a step VASP's machine-learned force field answered without an SCF
+    loop (stdout shows no electronic steps), else ``"dft"``. ``ml_energy``: the force field's free
+    energy for the structure, where OUTCAR had it when the step was recorded; ``dft_energy``: the
+    DFT free energy where DFT ran.
+    """
 
     index: int
     scf_iterations: int
     seconds_in_vasp: float
     free_energy: float
+    source: Literal["dft", "ml"] = "dft"
+    ml_energy: float | None = None
+    dft_energy: float | None = None
 
 
 def format_positions(frac: np.ndarray) -> str:
@@ -181,12 +191,20 @@ class VaspSession:
                      need_lattice: bool = False) -> StepResult:
         while True:
             for event in self._next_events(deadline, what):
-                if need_lattice and isinstance(event, ScfIteration) and not self.parser.variant.streams_lattice:
+                if (need_lattice and isinstance(event, (ScfIteration, StepResult))
+                        and not self.parser.variant.streams_lattice):
                     self.terminate()
                     raise LatticeNotStreamable("this VASP reads positions only; the new cell needs a restart",
                                                **self._context())
                 if isinstance(event, StepResult):
                     return event
+                if isinstance(event, LatticeEcho):
+                    sent = lattice if lattice is not None else self._lattice
+                    # F13.7 rounds to 5e-8; more than that is a lattice VASP misread
+                    if sent is not None and np.abs(event.new - sent).max() > 1e-6 * max(1.0, np.abs(sent).max()):
+                        raise self._protocol_failure(
+                            f"VASP echoed a lattice other than the one sent: {event.new.tolist()} "
+                            f"instead of {np.round(sent, 7).tolist()}")
                 if isinstance(event, Prompt) and event.kind is PromptKind.LATTICE:
                     self.parser.expect_input_sent()
                     try:
@@ -214,8 +232,10 @@ class VaspSession:
                 break
             if any(isinstance(e, Prompt) for e in events):
                 break
+        dft = result.scf_iterations > 0
         self.records.append(StepRecord(len(self.records) + 1, result.scf_iterations,
-                                       time.monotonic() - started, result.free_energy))
+                                       time.monotonic() - started, result.free_energy,
+                                       source="dft" if dft else "ml", dft_energy=result.free_energy if dft else None))
 
     @property
     def _last_prompt(self) -> PromptKind | None:

@@ -59,6 +59,10 @@ class RestartPolicy:
 
 
 StreamLattice = Literal["auto", "no"]
+# A step VASP's machine-learned force field (ML_LMLFF) answered without DFT: "accept" it; "raise"
+# MlStepRefused; "dft": restart VASP with the force field off and compute the structure by DFT (and
+# every later one: the parent of a learner needs DFT labels).
+MlSteps = Literal["accept", "raise", "dft"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class InteractiveSettings:
     # "auto": stream a new cell where the prompt allows it; with an unknown 6.3-style VASP the first
     # cell change probes for the lattice patch. "no": every cell change restarts VASP.
     stream_lattice: StreamLattice = "auto"
+    ml_steps: MlSteps = "accept"
     isym: int = 0  # ISYM forced unless the user sets it (a symmetry found at step 0 is kept)
     stdout_tail_lines: int = 40
     stderr_tail_bytes: int = 16384
