@@ -11,7 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test lint gpaw bench clean
+.PHONY: demo test lint gpaw slurm bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ $(FAIRCHEM_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/finetuna demo
 
-test: $(STAMP) $(GPAW_STAMP) $(FAIRCHEM_STAMP)
+# Slurm, munge and PMIx from apt, for the tests' private one-node Slurm cluster (tests/slurm_cluster.py).
+slurm:
+	bash tools/install_slurm.sh
+
+test: $(STAMP) $(GPAW_STAMP) $(FAIRCHEM_STAMP) slurm
 	@status=0; $(PY) -m pytest || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$status

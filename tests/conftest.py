@@ -59,6 +59,32 @@ def mpirun() -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm cluster (slurmctld, slurmd, munged) for the session; stopped at its end."""
+    from slurm_cluster import INSTALL_HINT, SlurmCluster, missing_programs
+
+    missing = missing_programs()
+    if missing:
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): {INSTALL_HINT}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm_job(slurm_cluster, monkeypatch):
+    """A six-task allocation of the real cluster, as a driver inside ``salloc``/``sbatch`` sees it."""
+    job = slurm_cluster.allocate(6)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    yield job
+    slurm_cluster.run("scancel", job, check=False)
+
+
 _BASETEMP: list[str] = []
 
 

@@ -100,3 +100,58 @@ class RawVasp:
             except (OSError, BrokenPipeError):
                 pass
         return self.process.returncode
+
+
+class BiasedEMT:
+    """A surrogate that never learns: EMT plus a constant force on the adsorbate (eV/A)."""
+
+    def __new__(cls, bias):
+        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+
+        class _Biased(Surrogate):
+            def predict(self, atoms):
+                work = atoms.copy()
+                from ase.calculators.emt import EMT
+
+                work.calc = EMT()
+                forces = work.get_forces(apply_constraint=False)
+                forces[-1] += bias
+                energy = work.get_potential_energy() - float(np.dot(bias, atoms.positions[-1]))
+                return Prediction(energy=energy, forces=forces)
+
+            def fine_tune(self, points):
+                return FineTuneReport("none", len(points), 0.0)
+
+            def reset(self):
+                pass
+
+            def save(self, path):
+                raise NotImplementedError
+
+            @classmethod
+            def load(cls, path):
+                raise NotImplementedError
+
+        return _Biased()
+
+
+def al_diffusion():
+    """Au on Al(100) hopping between hollow sites, both ends relaxed with EMT (a NEB test case)."""
+    from ase.build import fcc100
+    from ase.calculators.emt import EMT
+    from ase.optimize import BFGS
+
+    slab = fcc100("Al", size=(2, 2, 3))
+    add_adsorbate(slab, "Au", 1.7, "hollow")
+    slab.center(axis=2, vacuum=4.0)
+    slab.pbc = True
+    slab.set_constraint(FixAtoms(mask=[atom.tag > 1 for atom in slab]))
+    initial = slab.copy()
+    initial.calc = EMT()
+    BFGS(initial, logfile=None).run(fmax=0.01)
+    final = slab.copy()
+    final[-1].x += final.get_cell()[0, 0] / 2
+    final.calc = EMT()
+    BFGS(final, logfile=None).run(fmax=0.01)
+    initial.calc = final.calc = None
+    return initial, final

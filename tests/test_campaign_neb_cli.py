@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from ase.build import add_adsorbate, fcc100, fcc111
+from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.io import write
 from ase.optimize import BFGS
 from conftest import MOCK_VASP, mock_processes
+from helpers import al_diffusion
 
 from finetuna_core.campaign import RelaxSettings, read_summary, run_campaign
 
@@ -77,21 +78,6 @@ def test_learner_campaign_task(tmp_path):
     assert float(row["fmax"]) < 0.03
 
 
-def al_diffusion():
-    slab = fcc100("Al", size=(2, 2, 3))
-    add_adsorbate(slab, "Au", 1.7, "hollow")
-    slab.center(axis=2, vacuum=4.0)
-    slab.pbc = True
-    slab.set_constraint(FixAtoms(mask=[atom.tag > 1 for atom in slab]))
-    initial = slab.copy()
-    initial.calc = EMT()
-    BFGS(initial, logfile=None).run(fmax=0.01)
-    final = slab.copy()
-    final[-1].x += final.get_cell()[0, 0] / 2
-    final.calc = EMT()
-    BFGS(final, logfile=None).run(fmax=0.01)
-    initial.calc = final.calc = None
-    return initial, final
 
 
 def test_neb_one_paused_vasp_per_image(tmp_path):

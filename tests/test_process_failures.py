@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from conftest import MOCK_VASP, mock_processes
@@ -90,6 +91,111 @@ def test_psutil_strategy_pauses_serial_vasp(tmp_path):
         atoms.positions[-1, 2] += 0.01
         atoms.get_potential_energy()  # a paused VASP is resumed before it is given work
         assert not calc.session.paused
+
+
+def test_pauses_nest_and_pause_is_a_context_manager(tmp_path):
+    """D1: an inner pause block must not resume VASP inside the outer one; ``with calc.pause():`` works."""
+    atoms = co_on_cu()
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path, **PARAMS) as calc:
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        ranks = calc.session.process.rank_processes()
+
+        def stopped():
+            return all(r.status() == psutil.STATUS_STOPPED for r in ranks)
+
+        with calc.paused() as outer:
+            assert outer.paused and stopped()
+            with calc.paused() as inner:
+                assert inner.paused
+            assert calc.session.paused and stopped()  # still paused after the inner block
+        assert not calc.session.paused and not stopped()
+        with calc.pause() as report:  # the public driver's spelling
+            assert report.paused and stopped()
+        assert not calc.session.paused
+        calc.pause()
+        atoms.positions[-1, 2] += 0.01
+        atoms.get_potential_energy()  # work resumes VASP, and ends the pause taken before
+        with calc.pause():
+            assert stopped()
+        assert not calc.session.paused
+
+
+def test_bad_input_is_a_typed_error_before_anything_runs(tmp_path, monkeypatch):
+    """D4/D5: non-finite coordinates, no atoms, unknown elements, missing POTCARs, unwritable directories."""
+    from ase import Atoms
+
+    from vasp_interactive import VaspSetupError
+
+    def attempt(atoms, directory, match):
+        with VaspInteractive(command=MOCK_VASP, directory=directory, **PARAMS) as calc:
+            atoms.calc = calc
+            with pytest.raises(VaspSetupError, match=match):
+                atoms.get_potential_energy()
+            assert calc.session is None or not calc.session.process.alive
+
+    broken = co_on_cu()
+    broken.positions[3, 1] = np.nan
+    attempt(broken, tmp_path / "nan", "non-finite positions")
+    assert not (tmp_path / "nan" / "POSCAR").exists()  # refused before any input was written
+    attempt(Atoms(cell=np.eye(3) * 5, pbc=True), tmp_path / "empty", "no atoms")
+    attempt(Atoms("X", cell=np.eye(3) * 5, pbc=True), tmp_path / "unknown", "cannot set up VASP's inputs")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    attempt(co_on_cu(), blocker / "run", "cannot create the run directory")
+    monkeypatch.setenv("VASP_PP_PATH", str(tmp_path / "no-potcars"))
+    attempt(co_on_cu(), tmp_path / "nopotcar", "VASP_PP_PATH")
+    monkeypatch.undo()
+    # mid-run: a diverged optimizer's NaN is refused before it is sent, and VASP stays usable
+    atoms = co_on_cu()
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "running", **PARAMS) as calc:
+        atoms.calc = calc
+        energy = atoms.get_potential_energy()
+        atoms.positions[-1, 0] = np.inf
+        with pytest.raises(VaspSetupError, match="non-finite"):
+            atoms.get_potential_energy()
+        atoms.positions[-1] = co_on_cu().positions[-1]
+        assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6) and calc.restarts == 0
+
+
+def test_restarts_leave_no_unclosed_pipe(tmp_path):
+    """D6: every restart closed only stdin; the old stdout/stderr pipes were left to the garbage collector."""
+    script = textwrap.dedent(f"""
+        import gc, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from helpers import co_on_cu
+        from vasp_interactive import VaspInteractive
+        atoms = co_on_cu()
+        with VaspInteractive(command={MOCK_VASP!r}, directory={str(tmp_path)!r}, xc="PBE", kpts=(1, 1, 1),
+                             encut=300) as calc:
+            atoms.calc = calc
+            for _ in range(3):
+                atoms.get_potential_energy()
+                atoms.pop()  # new atoms: VASP restarts
+            print("restarts", calc.restarts)
+        gc.collect()
+    """)
+    done = subprocess.run([sys.executable, "-X", "dev", "-W", "always::ResourceWarning", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "restarts 2" in done.stdout
+    assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_a_wrapper_that_redirects_stdout_is_named_as_the_cause(tmp_path):
+    """D3: VASP's stdout redirected inside a wrapper: say so, instead of 'killed by SIGKILL'."""
+    from vasp_interactive import Timeouts, VaspExited
+
+    wrapper = tmp_path / "run_vasp.sh"
+    wrapper.write_text(f"#!/bin/sh\nexec {MOCK_VASP} > out.txt\n")
+    wrapper.chmod(0o755)
+    atoms = co_on_cu()
+    with VaspInteractive(command=str(wrapper), directory=tmp_path, timeouts=Timeouts(terminate=1.0),
+                         **PARAMS) as calc:
+        atoms.calc = calc
+        with pytest.raises(VaspExited, match="stdout closed .* redirect in the command or in a wrapper"):
+            atoms.get_potential_energy()
+    assert not [p for p in mock_processes() if p.cwd() == str(tmp_path)]
 
 
 DRIVER = textwrap.dedent("""

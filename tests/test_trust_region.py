@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase.calculators.emt import EMT
 
 from finetuna_core.query import KSteps, QueryContext, RelaxOnly, TrustRadius, make_policy
 from finetuna_core.trust import TrustRegion, update_radius
@@ -21,6 +22,17 @@ def test_uphill_rejects_and_shrinks_below_the_rejected_segment():
     update = update_radius(SETTINGS, 0.4, parent_change=0.05, predicted_change=-0.2, segment_length=0.3)
     assert update.verdict == "rejected"
     assert update.radius == pytest.approx(0.15)  # half of the segment that went uphill, not of the radius
+
+
+def test_a_rejection_close_to_the_start_goes_below_the_minimum_radius():
+    """A rejected point 0.03 A out with the radius at its 0.05 A minimum: the next segment must stop short of it."""
+    update = update_radius(SETTINGS, 0.05, parent_change=0.004, predicted_change=-0.001, segment_length=0.03)
+    assert update.verdict == "rejected" and update.radius == pytest.approx(0.015) and update.radius < 0.03
+    floor = update_radius(SETTINGS, 0.05, parent_change=0.004, predicted_change=-0.001, segment_length=0.001)
+    assert floor.radius == SETTINGS.rejection_floor
+    # a rejected point beyond the minimum: the minimum already stops the next segment short of it
+    beyond = update_radius(SETTINGS, 0.2, parent_change=0.004, predicted_change=-0.001, segment_length=0.08)
+    assert beyond.radius == SETTINGS.minimum
 
 
 def test_ratio_decides_between_shrink_keep_and_grow():
@@ -60,7 +72,8 @@ def test_default_policy_is_the_trust_region():
     kinds = [type(rule) for rule in policy.rules]
     assert RelaxOnly in kinds and TrustRadius in kinds and KSteps in kinds
     assert policy.reason(context(displacement=0.25, trust_radius=0.2)) is not None
-    assert policy.reason(context(displacement=0.15, trust_radius=0.2)) is None
+    assert policy.reason(context(displacement=0.19, trust_radius=0.2)) is not None  # near the boundary (reach 0.9)
+    assert policy.reason(context(displacement=0.17, trust_radius=0.2)) is None
     assert "25 steps" in policy.reason(context(steps_since_parent=25))  # the stall guard
 
 
@@ -102,3 +115,46 @@ def test_cg_never_accepts_a_line_minimum_above_its_start_and_bounds_steps():
     assert np.linalg.norm(narrow_well(x)[1], axis=1).max() < 1e-3, "CG did not converge"
     assert all(b <= a + 1e-4 for a, b in zip(accepted, accepted[1:])), accepted
     assert narrow_well(x)[0] < -3.9  # both atoms in the well, not thrown out of it
+
+
+def test_driver_keeps_every_step_inside_the_trust_radius():
+    """With step_within_radius no point, surrogate or parent, lies beyond the radius of its segment.
+
+    CO placed 0.9 A off its site, and a surrogate that pushes the adsorbate sideways: without the
+    guard, BFGS's 0.2 A steps carry it to 1.1-1.2 radii before the trust rule sees it.
+    """
+    import re
+
+    from helpers import BiasedEMT, co_on_cu
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.relax import learner_setup, relax
+
+    atoms = co_on_cu()
+    atoms.positions[-2:, 0] += 0.9
+    setup = learner_setup()
+    learner = OnlineLearner(EMT(), BiasedEMT(np.array([0.3, 0.0, 0.0])), setup.policy, settings=setup.settings)
+    result = relax(atoms, learner, fmax=0.05, steps=300, max_parent_calls=40, guards=setup.guards)
+    assert result.converged
+    moves = [tuple(float(v) for v in re.findall(r"moved ([\d.]+) A .*radius ([\d.]+)", record.reason)[0])
+             for record in learner.records if record.reason and record.reason.startswith("moved")]
+    assert len(moves) >= 3
+    assert all(move <= radius + 1e-3 for move, radius in moves)
+
+
+def test_tight_finish_stops_when_the_parent_energy_stops_falling():
+    from ase import Atoms
+
+    from finetuna_core.relax import Guards, finish_stalled
+    from finetuna_core.surrogates.base import LabelledPoint
+
+    def points(energies):
+        return [LabelledPoint(Atoms("H"), e, np.zeros((1, 3))) for e in energies]
+
+    guards = Guards(finish_patience=3, finish_min_gain=1e-3)
+    # finishing began after 2 points; three more calls gained 0.4 meV in all: a real minimum
+    assert finish_stalled(points([-1.0, -1.0100, -1.0102, -1.0103, -1.0104]), 2, guards)
+    # still sliding down a shoulder: 3 meV per call
+    assert not finish_stalled(points([-1.0, -1.0100, -1.013, -1.016, -1.019]), 2, guards)
+    # too few finishing calls yet to judge
+    assert not finish_stalled(points([-1.0, -1.0100, -1.0101]), 2, guards)

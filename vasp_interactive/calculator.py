@@ -23,7 +23,7 @@ from ase.calculators.calculator import (
 
 from .errors import LatticeNotStreamable, MlStepRefused, RestartRefused, VaspOutputIncomplete, VaspSetupError
 from .outputs import OutcarFollower, VasprunFollower
-from .process import PauseReport, resolve_command
+from .process import PauseHandle, PauseReport, resolve_command
 from .protocol import Variant
 from .session import StepRecord, VaspSession
 from .settings import FORCED_TAGS, InteractiveSettings, MlSteps, PauseSettings, RestartPolicy, Timeouts
@@ -116,6 +116,7 @@ class VaspInteractive(Calculator):
         self._last_result = None
         self.restarts = 0
         self.call_seconds: list[float] = []
+        self._pause_depth = 0
 
     # ------------------------------------------------------------------ parameters
     def _owned_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +184,11 @@ class VaspInteractive(Calculator):
     # ------------------------------------------------------------------ ASE entry point
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         started = time.perf_counter()
-        Calculator.calculate(self, atoms, properties, system_changes)
+        try:
+            Calculator.calculate(self, atoms, properties, system_changes)  # creates the directory
+        except OSError as error:
+            raise VaspSetupError(f"cannot create the run directory {self.directory}: {error}; choose a writable "
+                                 "directory=") from error
         atoms = self.atoms
         changes = set(system_changes) - self.ignored_changes
         session = self._holder.session
@@ -191,6 +196,7 @@ class VaspInteractive(Calculator):
             # same structure, a property asked for later (stress): read it, no new ionic step
             self._store(self._last_result, properties)
             return
+        self._pause_depth = 0  # computing resumes VASP: every pause taken before has ended
         reason = self._restart_reason(changes, session)
         result = None
         if reason is None:
@@ -245,16 +251,29 @@ class VaspInteractive(Calculator):
             ended = self._holder.session.ended if self._holder.session else None
             warnings.warn(f"VaspInteractive restarts VASP, which ended after its last result: {ended}",
                           stacklevel=4)
+        self._check_atoms(atoms)
         self._close_session()
         self._last_result = None
-        self._check_atoms(atoms)
+        self._pause_depth = 0
         directory = Path(self.directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise VaspSetupError(f"cannot create the run directory {directory}: {error}; choose a writable "
+                                 "directory=") from error
         if reason.startswith("system"):
             with contextlib.suppress(OSError):
                 (directory / "WAVECAR").unlink()
-        self._input.initialize(atoms)
-        self._input.write_input(atoms, directory=str(directory))
+        try:
+            self._input.initialize(atoms)
+        except (RuntimeError, KeyError, ValueError) as error:  # ASE: unknown element, POTCAR not found
+            raise VaspSetupError(f"cannot set up VASP's inputs: {str(error).strip().splitlines()[0]} ... Check the "
+                                 "elements, xc/setups, and that VASP_PP_PATH holds the POTCARs "
+                                 f"({os.environ.get('VASP_PP_PATH', 'VASP_PP_PATH is not set')})") from error
+        try:
+            self._input.write_input(atoms, directory=str(directory))
+        except OSError as error:
+            raise VaspSetupError(f"cannot write VASP's inputs into {directory}: {error}") from error
         self._sort = list(self._input.sort)
         self._resort = list(self._input.resort)
         self._species = [symbol for symbol, _ in self._input.symbol_count]
@@ -275,6 +294,7 @@ class VaspInteractive(Calculator):
         return result
 
     def _stream(self, atoms, cell_changed: bool):
+        self._check_atoms(atoms)
         session = self._holder.session
         frac, cell = self._vasp_structure(atoms)
         result = session.submit(frac, cell, cell_changed=cell_changed)
@@ -320,8 +340,17 @@ class VaspInteractive(Calculator):
 
     @staticmethod
     def _check_atoms(atoms) -> None:
+        """Refuse, before anything is written or launched, structures VASP cannot compute."""
         from ase.calculators.vasp.vasp import check_atoms
 
+        if len(atoms) == 0:
+            raise VaspSetupError("the Atoms object has no atoms: give VaspInteractive a structure to compute")
+        if not np.all(np.isfinite(atoms.positions)):
+            bad = sorted({int(i) for i in np.argwhere(~np.isfinite(atoms.positions))[:, 0]})
+            raise VaspSetupError(f"non-finite positions (atoms {bad[:10]}): an optimizer diverged or the input is "
+                                 "broken; nothing was sent to VASP")
+        if not np.all(np.isfinite(np.array(atoms.cell))):
+            raise VaspSetupError("the cell has non-finite entries; nothing was sent to VASP")
         try:
             check_atoms(atoms)
         except CalculatorSetupError as error:
@@ -374,27 +403,40 @@ class VaspInteractive(Calculator):
     def session(self) -> VaspSession | None:
         return self._holder.session
 
-    def pause(self) -> PauseReport:
+    def pause(self) -> PauseHandle:
+        """Stop VASP's ranks until :meth:`resume` (they use no CPU meanwhile); returns what happened.
+
+        The result is also a context manager: ``with calc.pause():`` resumes at the end of the block.
+        Pauses nest: an inner block leaves VASP paused for the outer one.
+        """
+        self._pause_depth += 1
         session = self._holder.session
         if session is None:
-            return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
-        return session.pause()
+            report = PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
+        else:
+            report = session.pause()
+        return PauseHandle(**report.__dict__, release=self._release_pause)
 
     def resume(self) -> PauseReport:
+        """Let VASP's ranks run again (whatever the nesting of pauses)."""
+        self._pause_depth = 0
         session = self._holder.session
         if session is None:
             return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
         return session.resume()
 
+    def _release_pause(self) -> None:
+        self._pause_depth = max(0, self._pause_depth - 1)
+        if self._pause_depth == 0:
+            session = self._holder.session
+            if session is not None and session.paused:
+                session.resume()
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[PauseReport]:
-        """Stop VASP's ranks for the duration of the block (they use no CPU meanwhile)."""
-        report = self.pause()
-        try:
+        """Stop VASP's ranks for the duration of the block (the same as ``with calc.pause():``)."""
+        with self.pause() as report:
             yield report
-        finally:
-            if report.paused:
-                self.resume()
 
     def _close_session(self) -> None:
         self._holder.close()

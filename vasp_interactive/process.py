@@ -20,7 +20,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -173,6 +173,7 @@ class VaspProcess:
         self.popen: subprocess.Popen | None = None
         self.started_at = 0.0
         self.watchdog_grace = watchdog_grace
+        self.killed_when_reaped = False  # reap() had to kill it: it kept running after its stdout closed
         self._watchdog: subprocess.Popen | None = None
         self._watchdog_pipe: int | None = None
 
@@ -333,10 +334,12 @@ class VaspProcess:
         try:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.killed_when_reaped = True  # it outlived its stdout: see VaspSession's EOF handling
             self.popen.kill()
             return self.popen.wait(timeout=timeout)
 
     def close_pipes(self) -> None:
+        """Close VASP's stdin (the readers of stdout and stderr finish on their own at EOF)."""
         if self.popen is None:
             return
         for stream in (self.popen.stdin,):
@@ -344,6 +347,17 @@ class VaspProcess:
                 if stream is not None:
                     stream.close()
             except OSError:
+                pass
+
+    def close_output_pipes(self) -> None:
+        """Close our ends of stdout and stderr once their reader threads are done (no fd left open)."""
+        if self.popen is None:
+            return
+        for stream in (self.popen.stdout, self.popen.stderr):
+            try:
+                if stream is not None and not stream.closed:
+                    stream.close()
+            except (OSError, ValueError):
                 pass
 
 
@@ -377,6 +391,20 @@ class PauseReport:
     ranks_seen: int
     seconds: float
     note: str = ""
+
+
+@dataclass(frozen=True)
+class PauseHandle(PauseReport):
+    """A :class:`PauseReport` that is also a context manager: leaving the block releases the pause."""
+
+    release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def __enter__(self) -> PauseHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.release is not None:
+            self.release()
 
 
 class PauseStrategy(ABC):

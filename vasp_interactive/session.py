@@ -251,6 +251,12 @@ class VaspSession:
                     return None
                 code = self.process.reap(self.settings.timeouts.terminate)
                 self._shutdown_stream()
+                if self.process.killed_when_reaped and not self.messages:
+                    raise VaspExited(
+                        f"VASP's stdout closed during the {what} while VASP kept running, so it was stopped. "
+                        "The usual cause is a redirect in the command or in a wrapper script (e.g. "
+                        "'exec vasp_std > out.txt'): VaspInteractive must read VASP's stdout; use txt= for a copy",
+                        exit_code=code, **self._context())
                 raise self._exit_failure(code, f"during the {what}")
             if isinstance(item, Timeout):
                 raise self._timeout_failure(item, what)
@@ -451,6 +457,8 @@ class VaspSession:
         self.process.close_pipes()
         if self.stream is not None:
             self.stream.join(1.0)
+        if self.stream is None or self.stream.finished:  # a reader still blocked would hang in close()
+            self.process.close_output_pipes()
         if self._txt is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._txt.flush()

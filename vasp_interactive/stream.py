@@ -135,3 +135,8 @@ class LineStream:
     def join(self, timeout: float) -> None:
         for thread in self._threads:
             thread.join(timeout)
+
+    @property
+    def finished(self) -> bool:
+        """Both readers reached EOF (only then may the pipes be closed under them)."""
+        return not any(thread.is_alive() for thread in self._threads)
