@@ -155,3 +155,22 @@ def al_diffusion():
     BFGS(final, logfile=None).run(fmax=0.01)
     initial.calc = final.calc = None
     return initial, final
+
+
+def write_structures(directory: Path, count: int) -> dict[str, str]:
+    """``count`` small adsorbate-slab structures as .traj files (name -> path), for campaign tests."""
+    from ase.io import write
+
+    directory.mkdir(parents=True, exist_ok=True)
+    combos = [("Cu", "O"), ("Pt", "N"), ("Ag", "C"), ("Ni", "O"), ("Pd", "N"), ("Au", "C")]
+    paths = {}
+    for metal, adsorbate in combos[:count]:
+        slab = fcc111(metal, (2, 2, 3), vacuum=6.0)
+        add_adsorbate(slab, adsorbate, 1.4, "fcc")
+        slab.positions[-1, 0] += 0.3
+        slab.pbc = True
+        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag >= 2]))
+        path = directory / f"{adsorbate}_{metal}.traj"
+        write(path, slab)
+        paths[path.stem] = str(path)
+    return paths

@@ -8,33 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
-from ase.constraints import FixAtoms
-from ase.io import write
 from ase.optimize import BFGS
 from conftest import MOCK_VASP, mock_processes
-from helpers import al_diffusion
+from helpers import al_diffusion, write_structures
 
 from finetuna_core.campaign import RelaxSettings, read_summary, run_campaign
 
 FINETUNA = str(Path(sys.executable).parent / "finetuna")
-
-
-def write_structures(directory: Path, count: int) -> dict[str, str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    combos = [("Cu", "O"), ("Pt", "N"), ("Ag", "C"), ("Ni", "O"), ("Pd", "N"), ("Au", "C")]
-    paths = {}
-    for metal, adsorbate in combos[:count]:
-        slab = fcc111(metal, (2, 2, 3), vacuum=6.0)
-        add_adsorbate(slab, adsorbate, 1.4, "fcc")
-        slab.positions[-1, 0] += 0.3
-        slab.pbc = True
-        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag >= 2]))
-        path = directory / f"{adsorbate}_{metal}.traj"
-        write(path, slab)
-        paths[path.stem] = str(path)
-    return paths
 
 
 def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path):

@@ -20,6 +20,7 @@ from conftest import MOCK_VASP
 from helpers import co_on_cu
 
 from vasp_interactive import VaspError, VaspInteractive
+from vasp_interactive.errors import VaspKilled
 
 pytestmark = pytest.mark.slurm
 PARAMS = dict(xc="PBE", kpts=(1, 1, 1), encut=300)
@@ -142,7 +143,7 @@ def test_a_killed_srun_is_a_clear_error_and_leaves_no_task(tmp_path, slurm_clust
         atoms.positions[-1, 2] += 0.01
         with pytest.raises(VaspError) as failure:
             atoms.get_potential_energy()
-        assert "SIGKILL" in str(failure.value) or "exit" in str(failure.value)
+        assert isinstance(failure.value, VaspKilled) and "killed by SIGKILL during the ionic step" in str(failure.value)
     assert wait_for(lambda: not slurm_cluster.steps(slurm_job), 10.0)
     assert wait_for(lambda: not tasks_of(slurm_job), 5.0)
 
@@ -192,3 +193,82 @@ def test_neb_with_one_vasp_step_per_image_in_one_allocation(tmp_path, slurm_clus
     assert max(seen_steps) == 5  # one step per image and per end point, all alive at once
     assert wait_for(lambda: not slurm_cluster.steps(slurm_job), 5.0)
     assert wait_for(lambda: not tasks_of(slurm_job), 5.0)
+
+
+CAMPAIGN_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from dask_jobqueue import SLURMCluster
+    from finetuna_core.campaign import RelaxSettings, run_campaign
+    structures = {structures!r}
+    cluster = SLURMCluster(cores=1, processes=1, memory="1GB", walltime="00:20:00", python=sys.executable,
+                           job_extra_directives=["--ntasks=2"], job_directives_skip=["--mem"],
+                           log_directory={logs!r}, local_directory={local!r})
+    cluster.scale(jobs=2)
+    settings = RelaxSettings(method="bfgs", parent="mock", vasp_parameters={{"kpts": [1, 1, 1]}},
+                             parent_settings={{"command": "srun -u --exact --mpi=pmix -n 2 {mock}"}})
+    rows = run_campaign(structures, {campaign!r}, settings, cluster=cluster,
+                        on_result=lambda row: print("RESULT", row["structure"], row["status"], flush=True))
+    cluster.close()
+    print("DONE", sum(row["status"] == "converged" for row in rows.values()), flush=True)
+""")
+
+
+def test_campaign_on_dask_jobqueue_slurmcluster_survives_a_kill(tmp_path, slurm_cluster, monkeypatch):
+    """Workers submitted with sbatch to the real cluster, VASP through srun inside each worker's job;
+    one structure fails, the driver is killed mid-way, and the rerun recomputes nothing finished."""
+    import json
+
+    pytest.importorskip("dask_jobqueue")
+    from helpers import write_structures
+
+    from finetuna_core.campaign import read_summary
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    structures = write_structures(tmp_path / "inputs", 4)
+    campaign = tmp_path / "campaign"
+    crashing = campaign / "C_Ag" / "parent"
+    crashing.mkdir(parents=True)
+    (crashing / "mock_vasp.json").write_text(json.dumps({"faults": {"crash_at_step": 6}}))
+    script = CAMPAIGN_DRIVER.format(tests=str(Path(__file__).parent), structures=structures, mock=MOCK_VASP,
+                                    campaign=str(campaign), logs=str(tmp_path / "logs"), local=str(tmp_path / "dask"))
+
+    def workers() -> list[str]:
+        done = slurm_cluster.run("squeue", "-h", "-n", "dask-worker", "-o", "%i", check=False)
+        return done.stdout.split()
+
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    finished = []
+    try:
+        while len(finished) < 3:  # two workers: C_Ag (the third task) fails fast, O_Ni is still running
+            line = driver.stdout.readline()
+            assert line, driver.stderr.read()[-2000:]
+            if line.startswith("RESULT"):
+                finished.append(line.split()[1:])
+        assert workers()  # the workers are Slurm jobs
+        driver.send_signal(signal.SIGKILL)  # mid-way: three of four structures done
+        assert ["C_Ag", "failed"] in finished and "ZbrentError" in (campaign / "C_Ag" / "error.txt").read_text()
+        driver.wait(timeout=10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    for job in workers():  # what a user does after losing the scheduler: cancel its worker jobs
+        slurm_cluster.run("scancel", job, check=False)
+    assert wait_for(lambda: not workers(), 30.0)
+    assert wait_for(lambda: not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "mock-vasp"
+                                 and str(campaign) in (p.cwd() if p.is_running() else "")], 15.0)
+    stamps = {name: (campaign / name / "result.json").stat().st_mtime for name, status in finished
+              if status == "converged"}
+
+    (crashing / "mock_vasp.json").unlink()
+    rerun = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "DONE 4" in rerun.stdout
+    rows = read_summary(campaign)
+    assert set(rows) == set(structures) and all(row["status"] == "converged" for row in rows.values())
+    assert {name: (campaign / name / "result.json").stat().st_mtime for name in stamps} == stamps  # not redone
+    recomputed = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("RESULT")]
+    assert not set(recomputed) & set(stamps) and "C_Ag" in recomputed
+    assert wait_for(lambda: not workers(), 90.0)  # the closed cluster's jobs end
