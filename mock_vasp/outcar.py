@@ -33,6 +33,13 @@ def _lattice_block(lattice: np.ndarray) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _stress_rows(title: str, total_label: str, total: np.ndarray, kb: np.ndarray) -> str:
+    """The stress table's head: title, direction labels, rule, total (eV) and 'in kB' rows."""
+    return (title + "\n" + "  Direction    XX          YY          ZZ          XY          YZ          ZX\n"
+            + "  " + "-" * 86 + "\n" + total_label + "".join(f"{x:12.5f}" for x in total) + "\n"
+            + "  in kB   " + "".join(f"{x:12.5f}" for x in kb) + "\n")
+
+
 class OutcarWriter:
     def __init__(self, directory: Path, job: Job, version: EmulatedVersion, ranks: int,
                  block_buffered: bool):
@@ -174,11 +181,7 @@ class OutcarWriter:
         if result.stress_kb is not None:
             kb = result.stress_kb
             total = kb * result.volume / 1602.1766208
-            w("  FORCE on cell =-STRESS in cart. coord.  units (eV):\n")
-            w("  Direction    XX          YY          ZZ          XY          YZ          ZX\n")
-            w("  " + "-" * 86 + "\n")
-            w("  Total   " + "".join(f"{x:12.5f}" for x in total) + "\n")
-            w("  in kB   " + "".join(f"{x:12.5f}" for x in kb) + "\n")
+            w(_stress_rows("  FORCE on cell =-STRESS in cart. coord.  units (eV):", "  Total   ", total, kb))
             w(f"  external pressure = {float(np.mean(kb[:3])):11.2f} kB  Pullay stress =        0.00 kB\n\n\n")
         w(" VOLUME and BASIS-vectors are now :\n " + "-" * 77 + "\n")
         w(f"  energy-cutoff  :  {self.job.encut:10.2f}\n  volume of cell :  {result.volume:10.2f}\n")
@@ -209,11 +212,8 @@ class OutcarWriter:
         volume = float(abs(np.linalg.det(lattice)))
         total = kb * volume / 1602.1766208
         pressure = float(np.mean(kb[:3]))
-        w("\n\n\n  ML FORCE on cell =-STRESS in cart. coord. units (eV/cell)\n")
-        w("  Direction    XX          YY          ZZ          XY          YZ          ZX\n")
-        w("  " + "-" * 86 + "\n")
-        w("  Total:  " + "".join(f"{x:12.5f}" for x in total) + "\n")
-        w("  in kB   " + "".join(f"{x:12.5f}" for x in kb) + "\n")
+        title = "  ML FORCE on cell =-STRESS in cart. coord. units (eV/cell)"
+        w("\n\n\n" + _stress_rows(title, "  Total:  ", total, kb))
         w(f"  external pressure = {pressure:11.2f} kB  Pullay stress =        0.00 kB\n\n")
         w("  kinetic pressure (ideal gas correction) =      0.00 kB\n")
         w(f"  total pressure  = {pressure:9.2f} kB\n")

@@ -174,3 +174,13 @@ def write_structures(directory: Path, count: int) -> dict[str, str]:
         write(path, slab)
         paths[path.stem] = str(path)
     return paths
+
+
+def wait_for(predicate, seconds: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

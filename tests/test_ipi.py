@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 
 import numpy as np
@@ -17,7 +16,7 @@ from ase.calculators.socketio import SocketIOCalculator
 from ase.io import write
 from ase.optimize import BFGS
 from conftest import BIN, MOCK_VASP, mock_processes
-from helpers import co_on_cu
+from helpers import co_on_cu, wait_for
 
 from vasp_interactive import VaspInteractive
 
@@ -41,15 +40,6 @@ def vasp_of(run) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def client_launcher(run, clients: list):

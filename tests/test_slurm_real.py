@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import MOCK_VASP
-from helpers import co_on_cu
+from helpers import co_on_cu, wait_for
 
 from vasp_interactive import VaspError, VaspInteractive
 from vasp_interactive.errors import VaspKilled
@@ -40,15 +40,6 @@ def tasks_of(job: str, step: str | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def cpu_seconds(processes) -> float:
