@@ -3,6 +3,7 @@ the client driving the fake VASP, over a UNIX socket and over TCP on 127.0.0.1."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +24,16 @@ from vasp_interactive import VaspInteractive
 CLIENT = str(BIN / "vasp-interactive")
 INCAR = "ENCUT = 300\nEDIFF = 1E-6 ; ISMEAR = 1  # tags as a user writes them\nSIGMA = 0.2\n"
 DIRECT = dict(xc="PBE", kpts=(1, 1, 1), encut=300, ediff=1e-6, ismear=1, sigma=0.2)
+
+
+@pytest.fixture
+def socket_name():
+    """A unique UNIX socket name; its file (/tmp/ipi_NAME) is removed afterwards, also when a killed
+    server could not remove it itself."""
+    name = f"vi-{uuid.uuid4().hex[:8]}"
+    yield name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/tmp/ipi_{name}")
 
 
 def free_port() -> int:
@@ -62,7 +73,7 @@ def prepare(tmp_path):
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport):
+def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport, socket_name):
     run, atoms = prepare(tmp_path)
     reference = atoms.copy()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "direct", **DIRECT) as direct:
@@ -72,7 +83,7 @@ def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport):
         direct_energy = reference.get_potential_energy()
 
     clients: list[subprocess.Popen] = []
-    where = {"unixsocket": f"vi-{uuid.uuid4().hex[:8]}"} if transport == "unix" else {"port": free_port()}
+    where = {"unixsocket": socket_name} if transport == "unix" else {"port": free_port()}
     paused_between = []
     server = SocketIOCalculator(launch_client=client_launcher(run, clients), timeout=120, **where)
     atoms.calc = server
@@ -99,11 +110,11 @@ def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport):
     assert not (run / "STOPCAR").exists() and not vasp_of(run)
 
 
-def test_a_killed_client_leaves_no_vasp_behind(tmp_path):
+def test_a_killed_client_leaves_no_vasp_behind(tmp_path, socket_name):
     run, atoms = prepare(tmp_path)
     clients: list[subprocess.Popen] = []
     server = SocketIOCalculator(launch_client=client_launcher(run, clients), timeout=60,
-                                unixsocket=f"vi-{uuid.uuid4().hex[:8]}")
+                                unixsocket=socket_name)
     atoms.calc = server
     atoms.get_forces()
     ranks = vasp_of(run)
@@ -162,10 +173,10 @@ def start_ipi(tmp_path, atoms, name):
     return server
 
 
-def test_ipi_itself_optimises_through_the_client(tmp_path):
+def test_ipi_itself_optimises_through_the_client(tmp_path, socket_name):
     """i-PI 3.3 (PyPI ``ipi``) runs its own BFGS with the bottom layers fixed, VASP behind our client."""
     run, atoms = prepare(tmp_path)
-    name = f"vi-{uuid.uuid4().hex[:8]}"
+    name = socket_name
     server = start_ipi(tmp_path, atoms, name)
     try:
         client = subprocess.run([CLIENT, "ipi", "--unix", name, "--directory", str(run), "--command", MOCK_VASP],
@@ -188,9 +199,9 @@ def test_ipi_itself_optimises_through_the_client(tmp_path):
     assert "writing wavefunctions" in (run / "vasp.out").read_text() and not vasp_of(run)
 
 
-def test_a_killed_server_ends_the_client_and_its_vasp(tmp_path):
+def test_a_killed_server_ends_the_client_and_its_vasp(tmp_path, socket_name):
     run, atoms = prepare(tmp_path)
-    name = f"vi-{uuid.uuid4().hex[:8]}"
+    name = socket_name
     server = start_ipi(tmp_path, atoms, name)
     client = subprocess.Popen([CLIENT, "ipi", "--unix", name, "--directory", str(run), "--command", MOCK_VASP],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
