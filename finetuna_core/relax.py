@@ -261,7 +261,8 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
             restart = False  # ASE's irun ends once it has seen converged forces: start it anew to go on
             for converged in opt.irun(fmax=target, steps=steps - opt.nsteps):
                 last = learner.records[-1] if learner.records else None
-                if learner.parent_events != seen_events:
+                new_point = learner.parent_events != seen_events
+                if new_point:
                     seen_events = learner.parent_events
                     if (guards.reject_uphill and last is not None and last.source == "parent"
                             and last.extra.get("trust_verdict") == "rejected"):
@@ -280,7 +281,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                 if finish_from is not None:
                     fired["finish_parent_calls"] = learner.parent_call_count - finish_from
                     if (fired["finish_parent_calls"] >= guards.finish_parent_calls
-                            or finish_stalled(learner.parent_points, finish_from, guards)):
+                            or (new_point and finish_stalled(learner.parent_points, finish_from, guards))):
                         status = "converged"
                         break
                 if restart:

@@ -40,6 +40,15 @@ def _stress_rows(title: str, total_label: str, total: np.ndarray, kb: np.ndarray
             + "  in kB   " + "".join(f"{x:12.5f}" for x in kb) + "\n")
 
 
+def _force_table(header: str, cartesian: np.ndarray, forces: np.ndarray) -> str:
+    """The POSITION / TOTAL-FORCE table with its rules and the total drift."""
+    rule = " " + "-" * 83 + "\n"
+    drift = forces.sum(axis=0)
+    return ("\n\n" + header + "\n" + rule
+            + block(np.hstack([cartesian, forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f") + rule
+            + "    total drift:                         " + "".join(f"{x:14.6f}" for x in drift) + "\n\n\n")
+
+
 class OutcarWriter:
     def __init__(self, directory: Path, job: Job, version: EmulatedVersion, ranks: int,
                  block_buffered: bool):
@@ -186,12 +195,8 @@ class OutcarWriter:
         w(" VOLUME and BASIS-vectors are now :\n " + "-" * 77 + "\n")
         w(f"  energy-cutoff  :  {self.job.encut:10.2f}\n  volume of cell :  {result.volume:10.2f}\n")
         w(_lattice_block(result.lattice))
-        w("\n\n POSITION                                       TOTAL-FORCE (eV/Angst)\n")
-        w(" " + "-" * 83 + "\n")
-        w(block(np.hstack([result.cartesian, result.forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f"))
-        w(" " + "-" * 83 + "\n")
-        drift = result.forces.sum(axis=0)
-        w("    total drift:                         " + "".join(f"{x:14.6f}" for x in drift) + "\n\n\n")
+        w(_force_table(" POSITION                                       TOTAL-FORCE (eV/Angst)",
+                       result.cartesian, result.forces))
         w(RULE + "\n\n\n\n")
         w("  FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)\n" + SHORT_RULE + "\n")
         w(f"  free  energy   TOTEN  = {result.free_energy:18.8f} eV\n\n")
@@ -220,11 +225,8 @@ class OutcarWriter:
         w("  Total+kin. " + "".join(f"{x:12.3f}" for x in kb) + "\n")
         w(f"  volume of cell :  {volume:10.2f}\n")
         w(_lattice_block(lattice))
-        w("\n\n  POSITION                                       TOTAL-FORCE (eV/Angst) (ML)\n")
-        w(" " + "-" * 83 + "\n")
-        w(block(np.hstack([cartesian, forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f"))
-        w(" " + "-" * 83 + "\n")
-        w("    total drift:                         " + "".join(f"{x:14.6f}" for x in forces.sum(axis=0)) + "\n\n\n")
+        header = "  POSITION                                       TOTAL-FORCE (eV/Angst) (ML)"
+        w(_force_table(header, cartesian, forces))
         w(RULE + "\n\n\n\n")
         w("  ML FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)\n" + SHORT_RULE + "\n")
         w(f"  free  energy ML TOTEN  = {energy:18.8f} eV\n\n")

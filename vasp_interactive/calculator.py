@@ -255,12 +255,7 @@ class VaspInteractive(Calculator):
         self._close_session()
         self._last_result = None
         self._pause_depth = 0
-        directory = Path(self.directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise VaspSetupError(f"cannot create the run directory {directory}: {error}; choose a writable "
-                                 "directory=") from error
+        directory = Path(self.directory)  # created by Calculator.calculate (an OSError there is typed)
         if reason.startswith("system"):
             with contextlib.suppress(OSError):
                 (directory / "WAVECAR").unlink()

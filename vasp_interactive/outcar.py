@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from ase.units import GPa
 
-StepSource = Literal["dft", "ml"]
+ComputedBy = Literal["dft", "ml"]  # who computed an ionic step: DFT, or the ML force field
 
 _KB_TO_EV_A3 = 0.1 * GPa
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?)"
@@ -41,7 +41,7 @@ def voigt_from_vasp_kb(xx, yy, zz, xy, yz, zx) -> np.ndarray:
 class EnergyBlock:
     """One energy block: what VASP printed for one structure by one method."""
 
-    source: StepSource
+    source: ComputedBy
     free_energy: float | None = None
     energy_no_entropy: float | None = None
     energy_sigma0: float | None = None
@@ -61,7 +61,7 @@ class OutcarStep:
     dft: EnergyBlock | None = None
 
     @property
-    def source(self) -> StepSource:
+    def source(self) -> ComputedBy:
         return "dft" if self.dft is not None else "ml"
 
     @property
@@ -162,7 +162,7 @@ class OutcarSteps:
             self._cell = np.array(self._cell_rows)
             self._cell_rows = None
 
-    def _begin_block(self, source: StepSource) -> None:
+    def _begin_block(self, source: ComputedBy) -> None:
         self._close_block()
         forces_match = self._forces is not None and self._forces_ml == (source == "ml")
         self._block = EnergyBlock(source, stress=self._stress, cell=self._cell, efermi=self._efermi,

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .errors import (
     VaspKilled,
     VaspProtocolError,
 )
+from .outcar import ComputedBy
 from .process import (
     LocalProcessSignal,
     PauseReport,
@@ -69,7 +70,7 @@ class StepRecord:
     scf_iterations: int
     seconds_in_vasp: float
     free_energy: float
-    source: Literal["dft", "ml"] = "dft"
+    source: ComputedBy = "dft"
     ml_energy: float | None = None
     dft_energy: float | None = None
 
