@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finetuna_core.environment import apply_defaults
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
 MOCK_VASP = str(BIN / "mock-vasp")
@@ -31,16 +33,11 @@ def prepare_environment() -> Path:
     """
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    from mock_vasp.potcar import write_potcar_library
+    from mock_vasp.inputs.potcar import fake_potcar_library
 
-    root = Path(tempfile.gettempdir()) / "vasp-interactive-bench-potcars"
-    if not (root / "potpaw_PBE" / "Rb_pv" / "POTCAR").is_file():
-        write_potcar_library(root, "PBE")
+    root = fake_potcar_library(Path(tempfile.gettempdir()) / "vasp-interactive-bench-potcars")
     os.environ["VASP_PP_PATH"] = str(root)
-    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    apply_defaults(mpi_as_root=True, one_thread=True)
     for name in [n for n in os.environ if n.startswith("MOCK_VASP_")]:
         del os.environ[name]
     return root

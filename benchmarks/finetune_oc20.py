@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = paths[:3]
 
     # One model and one Jacobian cache shared by both methods; the method is switched
-    # through the (mutable) settings before each fine-tune.
+    # with update_settings before each fine-tune.
     sur = SevenNetSurrogate(device=args.device, **extra)
     method_settings = {
         "ridge": {"method": "ridge"},
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             t_frame[i] = time.perf_counter() - t0
         jac_times += list(t_frame.values())
         for m in methods:
-            for key, value in method_settings[m].items():
-                setattr(sur.settings, key, value)
+            sur.update_settings(**method_settings[m])
             for k in sizes:
                 idx, _ = choose_frames(len(frames), k)
                 points = [LabelledPoint.from_atoms(frames[i]) for i in idx]

@@ -60,7 +60,7 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
     from ase.io import write
 
     from .learner import OnlineLearner
-    from .parents import make_parent
+    from .parents import close_parent, make_parent
     from .relax import learner_setup, relax, relax_parent_only
 
     directory = Path(directory)
@@ -68,7 +68,6 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
     started = time.perf_counter()
     parent = make_parent(settings.parent, directory / "parent", vasp_parameters=settings.vasp_parameters,
                          **settings.parent_settings)
-    closer = getattr(parent, "close", None)
     try:
         if settings.method == "learner":
             surrogate = surrogate or make_surrogate_from(settings.model, ensemble=settings.query == "uncertainty")
@@ -86,8 +85,7 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
             result = relax_parent_only(atoms, parent, fmax=settings.fmax, optimizer=settings.method,
                                        steps=settings.steps, store=RunStore(directory))
     finally:
-        if callable(closer):
-            closer()
+        close_parent(parent)
     if result.atoms is not None:
         write(directory / "final.extxyz", result.atoms)
     row = {"method": settings.method if settings.method != "learner" else f"learner-{settings.query}",

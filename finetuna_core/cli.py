@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from .environment import apply_defaults
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_defaults()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -18,6 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .environment import apply_defaults
+
 
 def build_system():
     """CO on top of a Cu atom of a 3x3x3 Cu(111) slab; the two lower layers fixed."""
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="keep the run directories here (default: a temporary one)")
     parser.add_argument("--fmax", type=float, default=0.03)
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_defaults()
     warnings.filterwarnings("ignore", category=UserWarning)
 
     from ase.calculators.vasp import Vasp

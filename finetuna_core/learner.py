@@ -20,6 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from .parents import PausableParent, compute
 from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
 from .surrogates.base import FineTuneReport, LabelledPoint, Prediction, Surrogate, free_atom_mask
@@ -110,7 +111,6 @@ class OnlineLearner(Calculator):
         self.store = RunStore(directory)
         self.records: list[StepRecord] = []
         self.offset = 0.0
-        self.parent_calls = 0  # parent computations in this process (stored points not counted)
         self.finetune_reports: list[FineTuneReport] = []
         self.pause_reports: list = []
         self.precompute_seconds: list[float] = []
@@ -123,6 +123,7 @@ class OnlineLearner(Calculator):
         self._previous_start_index: int | None = None
         self._start_prediction: float | None = None  # surrogate energy there, from the current fit
         self._force_correction: np.ndarray | None = None  # parent - surrogate forces at the segment start
+        self._restored_points = len(self.store.points)  # parent points found on disk at start
         previous = self.store.steps()
         self._step_offset = int(max((entry.get("step", 0) for entry in previous), default=0))
         if self.store.points:
@@ -139,6 +140,11 @@ class OnlineLearner(Calculator):
     def parent_call_count(self) -> int:
         """Parent points of this run (including ones restored from disk)."""
         return len(self.store.points)
+
+    @property
+    def parent_calls(self) -> int:
+        """Parent computations in this process (points restored from disk not counted)."""
+        return len(self.store.points) - self._restored_points
 
     @property
     def parent_events(self) -> int:
@@ -173,7 +179,6 @@ class OnlineLearner(Calculator):
             seconds_predict = time.perf_counter() - started
         step = self.next_step
         energy, forces, seconds = self._call_parent(atoms)
-        self.parent_calls += 1
         self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds, step=step)
         energy_error = float(prediction.energy + self.offset - energy)  # the fit (and offset) that predicted it
         update = self._update_trust(atoms, energy, prediction)
@@ -187,7 +192,7 @@ class OnlineLearner(Calculator):
         record.extra.update(trust_verdict=update.verdict, trust_radius=update.radius, trust_ratio=update.ratio,
                             parent_change=update.parent_change, predicted_change=update.predicted_change)
         if report.details:
-            record.extra["finetune_lambda"] = report.details.get("lambda")
+            record.extra["finetune_lambda"] = report.details.get("lambda_rel")  # ridge strength, relative
         self._after_point(atoms, energy, forces, record)
         return record
 
@@ -205,25 +210,19 @@ class OnlineLearner(Calculator):
     # ------------------------------------------------------------------ parent helpers
     def _pause_parent(self) -> None:
         """Stop the parent's processes until it is needed again (parents without pause: no-op)."""
-        pause = getattr(self.parent, "pause", None)
-        if self.settings.pause_parent and callable(pause):
-            report = pause()
-            self.pause_reports.append(report)
+        if self.settings.pause_parent and isinstance(self.parent, PausableParent):
+            self.pause_reports.append(self.parent.pause())
 
     def _resume_parent(self) -> None:
-        resume = getattr(self.parent, "resume", None)
-        if callable(resume):
-            resume()
+        if isinstance(self.parent, PausableParent):
+            self.parent.resume()
 
     def _call_parent(self, atoms: Atoms) -> tuple[float, np.ndarray, float]:
         started = time.perf_counter()
         helper = self._start_precompute(atoms)
         self._resume_parent()
-        work = atoms.copy()
-        work.calc = self.parent
         try:
-            energy = float(work.get_potential_energy())
-            forces = np.array(work.get_forces(apply_constraint=False))
+            energy, forces = compute(self.parent, atoms)
         finally:
             if helper is not None:
                 helper.join()

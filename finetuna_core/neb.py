@@ -16,6 +16,9 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator, all_changes
 
+from .learner import OnlineLearner
+from .parents import PausableParent, close_parent, compute
+
 
 class PausedBetweenCalls(Calculator):
     """Runs ``inner`` for a force call, then pauses it (``inner.pause()``) until its next call."""
@@ -29,18 +32,13 @@ class PausedBetweenCalls(Calculator):
 
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
         Calculator.calculate(self, atoms, properties, system_changes)
-        work = self.atoms.copy()
-        work.calc = self.inner
-        energy = float(work.get_potential_energy())
-        self.results = {"energy": energy, "free_energy": energy, "forces": work.get_forces(apply_constraint=False)}
-        pause = getattr(self.inner, "pause", None)
-        if callable(pause):
-            self.reports.append(pause())
+        energy, forces = compute(self.inner, self.atoms)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if isinstance(self.inner, PausableParent):
+            self.reports.append(self.inner.pause())
 
     def close(self) -> None:
-        closer = getattr(self.inner, "close", None)
-        if callable(closer):
-            closer()
+        close_parent(self.inner)
 
 
 def image_calculators(count: int, directory: str | os.PathLike, make_parent: Callable[[Path], Calculator],
@@ -56,11 +54,8 @@ def image_calculators(count: int, directory: str | os.PathLike, make_parent: Cal
 
 
 def close_all(calculators: list[Calculator]) -> None:
-    for calc in calculators:
-        target = getattr(calc, "parent", calc)
-        closer = getattr(target, "close", None)
-        if callable(closer):
-            closer()
+    for calc in calculators:  # an OnlineLearner closes its parent, a PausedBetweenCalls its inner calculator
+        close_parent(calc.parent if isinstance(calc, OnlineLearner) else calc)
 
 
 def run_neb(initial, final, images: int, directory: str | os.PathLike, make_parent: Callable[[Path], Calculator],
@@ -89,8 +84,6 @@ def run_neb(initial, final, images: int, directory: str | os.PathLike, make_pare
     finally:
         close_all(calculators)
         for end in (band[0], band[-1]):
-            closer = getattr(end.calc, "close", None)
-            if callable(closer):
-                closer()
+            close_parent(end.calc)
     return {"converged": bool(converged), "energies": energies, "barrier": max(energies) - energies[0],
             "images": band, "steps": opt.nsteps, "calculators": calculators}

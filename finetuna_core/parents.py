@@ -1,14 +1,17 @@
-"""Parent (DFT) calculators by name: the fake VASP, a real VASP, EMT, or any ASE calculator."""
+"""Parent (DFT) calculators: by name (the fake VASP, a real VASP, EMT, or any ASE calculator), and
+the optional abilities the learner uses where a parent has them (pause/resume, close).
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 DEFAULT_VASP_PARAMETERS: dict[str, Any] = {
@@ -17,14 +20,41 @@ DEFAULT_VASP_PARAMETERS: dict[str, Any] = {
 PARENTS = ("mock", "vasp", "emt", "ase:module.Class")
 
 
+@runtime_checkable
+class PausableParent(Protocol):
+    """A parent whose processes can be stopped while Python works (``VaspInteractive``)."""
+
+    def pause(self) -> Any: ...
+
+    def resume(self) -> Any: ...
+
+
+@runtime_checkable
+class ClosableParent(Protocol):
+    """A parent that holds a process or files until closed."""
+
+    def close(self) -> None: ...
+
+
+def compute(parent: Calculator, atoms: Atoms) -> tuple[float, np.ndarray]:
+    """Energy and unconstrained forces of ``atoms`` from ``parent``, on a copy (``atoms`` keeps its calculator)."""
+    work = atoms.copy()
+    work.calc = parent
+    return float(work.get_potential_energy()), np.array(work.get_forces(apply_constraint=False))
+
+
+def close_parent(parent: object) -> None:
+    """Close ``parent`` if it is closable (a VASP process, a socket); others need nothing."""
+    if isinstance(parent, ClosableParent):
+        parent.close()
+
+
 def fake_potcar_path() -> Path:
     """A fake POTCAR library for the fake VASP (created once, reused)."""
-    from mock_vasp.potcar import write_potcar_library
+    from mock_vasp.inputs.potcar import fake_potcar_library
 
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vasp-interactive" / "potcars"
-    if not (root / "potpaw_PBE" / "Rb_pv" / "POTCAR").is_file():
-        write_potcar_library(root, "PBE")
-    return root
+    return fake_potcar_library(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                               / "vasp-interactive" / "potcars")
 
 
 def mock_vasp_command() -> list[str]:
@@ -49,17 +79,18 @@ def make_parent(spec: str, directory: str | os.PathLike, vasp_parameters: dict[s
     if key in ("mock", "vasp"):
         from vasp_interactive import VaspInteractive
 
-        if key == "mock":
-            os.environ.setdefault("VASP_PP_PATH", str(fake_potcar_path()))
+        if key == "mock":  # the fake's own POTCARs, unless the caller names a library (the environment is left alone)
+            settings.setdefault("pp_path", fake_potcar_path())
             command = settings.pop("command", None) or mock_vasp_command()
         else:
             command = settings.pop("command", None)
         return VaspInteractive(command=command, directory=directory, **settings, **parameters)
     if key.startswith("ase:"):
-        module_name, _, class_name = key[4:].rpartition(".")
+        from mock_vasp.physics.registry import import_by_path
+
         try:
-            factory = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError) as error:
+            factory = import_by_path(key[4:])
+        except ImportError as error:
             raise ValueError(f"parent {spec!r} cannot be imported ({error}); give ase:package.module.Class") from None
         return factory(**settings)
     raise ValueError(f"unknown parent {spec!r}: choose mock, vasp, emt or ase:package.module.Class")

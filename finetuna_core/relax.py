@@ -22,6 +22,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, GPMin
 
 from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of, largest_move
+from .parents import compute
 from .query import AnyRule, PolicyName, make_policy
 from .surrogates.base import LabelledPoint, Surrogate
 
@@ -82,10 +83,7 @@ class CountingCalculator(Calculator):
             self.results = {"energy": energy, "free_energy": energy, "forces": np.array(stored.point.forces)}
             return
         started = time.perf_counter()
-        work = self.atoms.copy()
-        work.calc = self.inner
-        energy = float(work.get_potential_energy())
-        forces = work.get_forces(apply_constraint=False)
+        energy, forces = compute(self.inner, self.atoms)
         seconds = time.perf_counter() - started
         self.seconds += seconds
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
@@ -114,10 +112,21 @@ def rebuild_bfgs_hessian(optimizer: BFGS, points: list[LabelledPoint]) -> None:
         forces = constrained(point.atoms, np.asarray(point.forces)).ravel()
         if previous is None:
             optimizer.update(position, forces, position, forces)
-        else:
+        elif curvature_is_positive(position - previous[0], forces - previous[1]):
             optimizer.update(position, forces, *previous)
         previous = (position, forces)
     optimizer.pos0, optimizer.forces0 = previous
+
+
+def curvature_is_positive(step: np.ndarray, force_change: np.ndarray) -> bool:
+    """BFGS's curvature condition for one pair of points: the forces fell along the step.
+
+    ASE's BFGS applies every update; a pair with the forces *rising* along the step (a concave
+    stretch, or two points that differ by noise) makes its Hessian indefinite there, and the steps
+    that follow are dominated by that spurious direction. The replay leaves such pairs out.
+    """
+    curvature = -float(step @ force_change)
+    return curvature > 1e-6 * float(np.linalg.norm(step) * np.linalg.norm(force_change))
 
 
 def _scf_total(parent: Calculator) -> int | None:
@@ -141,11 +150,19 @@ class Guards:
       ``finish_parent_calls`` more parent calls, and stops early once ``finish_patience`` finishing
       calls in a row lowered the best parent energy by less than ``finish_min_gain`` in all (a
       real minimum: nothing left to slide down to); the answer is the lowest parent point below
-      ``fmax``;
+      ``fmax``. If the finish instead found a parent point ``reopen_margin`` lower than that answer
+      but not yet below ``fmax`` (the converged point sat on a shoulder the finish slid down), the
+      relaxation goes on from there as before the finish, up to ``finish_reopen_limit`` times;
     * ``step_within_radius``: before every step the optimizer's step limit (BFGS/FIRE
       ``maxstep``) is set to what is left of the trust radius around the segment's start, so that
       no surrogate step leaves it: a shrunk radius really shortens the next segment. Without it a
-      0.2 A step after a rejection lands where the rejected point did and is rejected again.
+      0.2 A step after a rejection lands where the rejected point did and is rejected again;
+    * ``progress_patience``: when that many parent calls in a row (outside the finish) lowered the
+      best parent energy by less than ``progress_min_gain`` in all, the BFGS Hessian starts afresh
+      at the current point (only the points from there on are replayed). A Hessian built from many
+      short, noisy pairs can steer every step along soft directions that carry almost no force,
+      while the stiff atom that carries the largest force barely moves: the run then shuttles
+      between two points within the uphill tolerance until its budget is spent.
     """
 
     reject_uphill: bool = True
@@ -155,6 +172,10 @@ class Guards:
     finish_parent_calls: int = 10
     finish_patience: int = 3
     finish_min_gain: float = 1e-3  # eV
+    finish_reopen_limit: int = 2
+    reopen_margin: float = 5e-3  # eV
+    progress_patience: int = 5
+    progress_min_gain: float = 1e-3  # eV
 
     def __post_init__(self) -> None:
         if not 0 < self.finish_fmax_ratio <= 1:
@@ -163,9 +184,13 @@ class Guards:
             raise ValueError(f"finish_parent_calls must be >= 0, got {self.finish_parent_calls}")
         if self.finish_patience < 0 or self.finish_min_gain < 0:
             raise ValueError("finish_patience and finish_min_gain must be >= 0")
+        if self.finish_reopen_limit < 0 or self.reopen_margin < 0:
+            raise ValueError("finish_reopen_limit and reopen_margin must be >= 0")
+        if self.progress_patience < 0 or self.progress_min_gain < 0:
+            raise ValueError("progress_patience and progress_min_gain must be >= 0")
 
 
-PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radius=False)
+PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radius=False, progress_patience=0)
 
 
 @dataclass(frozen=True)
@@ -192,8 +217,11 @@ def learner_setup(query: Literal["default"] | PolicyName = "default", fmax: floa
 
 
 def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: LabelledPoint | None,
-                 rebuild_hessian: bool = True) -> None:
-    """Put the optimizer on ``point`` with its Hessian rebuilt from every parent point (``point`` last)."""
+                 rebuild_hessian: bool = True, hessian_from: int = 0) -> None:
+    """Put the optimizer on ``point`` with its Hessian rebuilt from the parent points (``point`` last).
+
+    Only the points from index ``hessian_from`` on are replayed (a restarted Hessian).
+    """
     if point is None:
         return
     if not np.array_equal(atoms.positions, point.atoms.positions):
@@ -201,7 +229,7 @@ def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: Labelle
         if getattr(optimizer, "v", None) is not None:  # FIRE: momentum from a rejected segment is void
             optimizer.v = None
     if rebuild_hessian and isinstance(optimizer, BFGS):
-        points = [p for p in learner.parent_points if p is not point] + [point]
+        points = [p for p in learner.parent_points[hessian_from:] if p is not point] + [point]
         rebuild_bfgs_hessian(optimizer, points)
 
 
@@ -229,6 +257,27 @@ def finish_stalled(points: list[LabelledPoint], finish_from: int, guards: Guards
     return best_before - best_now < guards.finish_min_gain
 
 
+def progress_stalled(points: list[LabelledPoint], since: int, guards: Guards) -> bool:
+    """The last ``progress_patience`` parent points (from index ``since`` on) lowered the best energy too little."""
+    patience = guards.progress_patience
+    if patience <= 0 or len(points) - since <= patience:
+        return False
+    best_before = min(p.energy for p in points[since: len(points) - patience])
+    best_now = min(p.energy for p in points[since:])
+    return best_before - best_now < guards.progress_min_gain
+
+
+def found_lower_ground(points: list[LabelledPoint], fmax: float, guards: Guards) -> bool:
+    """The lowest parent point is not converged and lies ``reopen_margin`` below the best converged one."""
+    if not points:
+        return False
+    lowest = min(points, key=lambda p: p.energy)
+    if fmax_of(lowest.atoms, np.asarray(lowest.forces)) < fmax:
+        return False
+    best = _best_converged(points, fmax)
+    return best is None or lowest.energy < best.energy - guards.reopen_margin
+
+
 def _best_converged(points: list[LabelledPoint], fmax: float) -> LabelledPoint | None:
     below = [p for p in points if fmax_of(p.atoms, np.asarray(p.forces)) < fmax]
     return min(below, key=lambda p: p.energy) if below else None
@@ -252,9 +301,12 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     opt = cls(atoms, logfile=logfile, trajectory=trajectory, **kwargs)
     seen_events = learner.parent_events
     status: RelaxStatus = "max-steps"
-    fired = {"rejected_uphill": 0, "finish_phase": 0, "finish_parent_calls": 0, "verify_convergence": 0}
+    fired = {"rejected_uphill": 0, "finish_phase": 0, "finish_parent_calls": 0, "verify_convergence": 0,
+             "hessian_restart": 0, "finish_reopened": 0}
+    finish_calls_before = 0  # finishing calls of earlier (reopened) finishing phases
     target = fmax
     finish_from: int | None = None  # parent points when the finishing phase began
+    hessian_from = 0  # parent points before this index are no longer replayed into the Hessian
     learner.verify_fmax = None
     try:
         while status == "max-steps" and opt.nsteps < steps:
@@ -267,10 +319,14 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                     if (guards.reject_uphill and last is not None and last.source == "parent"
                             and last.extra.get("trust_verdict") == "rejected"):
                         fired["rejected_uphill"] += 1
-                        _resume_from(atoms, opt, learner, learner.reject_newest(), rebuild_hessian)
+                        _resume_from(atoms, opt, learner, learner.reject_newest(), rebuild_hessian, hessian_from)
                         restart = True
                     else:
-                        _resume_from(atoms, opt, learner, learner.point_at(atoms), rebuild_hessian)
+                        points = learner.parent_points
+                        if finish_from is None and progress_stalled(points, hessian_from, guards):
+                            fired["hessian_restart"] += 1
+                            hessian_from = len(points) - 1
+                        _resume_from(atoms, opt, learner, learner.point_at(atoms), rebuild_hessian, hessian_from)
                 if guards.step_within_radius and hasattr(opt, "maxstep"):
                     opt.maxstep = _step_limit(atoms, learner, maxstep)
                 if on_step is not None:
@@ -279,9 +335,19 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                     status = "parent-budget"
                     break
                 if finish_from is not None:
-                    fired["finish_parent_calls"] = learner.parent_call_count - finish_from
-                    if (fired["finish_parent_calls"] >= guards.finish_parent_calls
+                    finishing = learner.parent_call_count - finish_from
+                    fired["finish_parent_calls"] = finish_calls_before + finishing
+                    if (finishing >= guards.finish_parent_calls
                             or (new_point and finish_stalled(learner.parent_points, finish_from, guards))):
+                        if (fired["finish_reopened"] < guards.finish_reopen_limit
+                                and found_lower_ground(learner.parent_points, fmax, guards)):
+                            # the "minimum" was a shoulder: relax on from here as at the start
+                            fired["finish_reopened"] += 1
+                            finish_calls_before += finishing
+                            finish_from, target = None, fmax
+                            learner.verify_fmax = None
+                            restart = True
+                            break
                         status = "converged"
                         break
                 if restart:

@@ -19,7 +19,7 @@ CONFIG_FILE = "mock_vasp.json"
 
 
 class Variant(str, Enum):
-    """The interactive stdin protocol of a VASP version (vasp-facts section 3)."""
+    """The interactive stdin protocol of a VASP version (what follows the prompt, see ``interactive.py``)."""
 
     CLASSIC = "classic"  # <= 6.3: echo of new and old positions
     LATTICE_PATCH = "lattice-patch"  # 6.3 + public patch: separate LATTICE prompt

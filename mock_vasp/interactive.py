@@ -1,4 +1,9 @@
-"""The stdin side of VASP's interactive mode, for each protocol variant (vasp-facts section 3)."""
+"""The stdin side of VASP's interactive mode, for each protocol variant.
+
+VASP <= 6.3 echoes the new and the old positions; the public lattice patch for 6.3 then asks for
+three lattice rows and echoes both lattices; 6.4.1+ prints the atom count instead of an echo
+(``ISIF < 3``), or reads a whole POSCAR record (``ISIF >= 3``).
+"""
 
 from __future__ import annotations
 
@@ -103,10 +108,12 @@ def read_client_input(variant: Variant, reader: StdinReader, out: TextIO, frac: 
 
 
 def lattice_echo(new: np.ndarray, old: np.ndarray) -> str:
-    """What the lattice patch prints after reading a lattice (vasp-facts section 3.1).
+    """What the lattice patch prints after reading a lattice, byte for byte.
 
-    For each of New and Old: a header, three rows (direct vector ``3F13.7``, reciprocal vector
-    ``3F13.7``, without the 2 pi), an empty line.
+    For each of New and Old: a header (``New``, 3 spaces, ``direct lattice vectors``, 19 spaces,
+    ``reciprocal lattice vectors``), three rows (3 spaces, the direct vector ``3F13.7``, 3 spaces,
+    the reciprocal vector ``3F13.7`` without the 2 pi), an empty line. The public driver counts
+    these lines up to ``LATTICE: read from stdin``, so another layout would break it.
     """
     text = ""
     for label, cell in (("New", new), ("Old", old)):

@@ -11,10 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from finetuna_core.environment import apply_defaults
+
+apply_defaults(mpi_as_root=True, one_thread=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -28,10 +27,9 @@ for name in list(os.environ):  # tests choose the fake's settings themselves
 
 @pytest.fixture(scope="session")
 def potcar_dir(tmp_path_factory) -> Path:
-    from mock_vasp.potcar import write_potcar_library
+    from mock_vasp.inputs.potcar import fake_potcar_library
 
-    root = tmp_path_factory.mktemp("potcars")
-    write_potcar_library(root, "PBE")
+    root = fake_potcar_library(tmp_path_factory.mktemp("potcars"))
     os.environ["VASP_PP_PATH"] = str(root)
     return root
 
@@ -127,3 +125,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 def run_quiet(args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, **kwargs)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that launch Open MPI (the ``mpirun`` fixture) carry the ``mpi`` marker, and are slow."""
+    for item in items:
+        if "mpirun" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mpi)
+            item.add_marker(pytest.mark.slow)

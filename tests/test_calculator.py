@@ -30,6 +30,7 @@ def relax_reference(atoms, fmax=0.03, cell=False):
     return copy, opt.nsteps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["5.4.4", "6.1.2", "6.3.2+lattice", "6.4.2"])
 def test_bfgs_matches_backend(tmp_path, monkeypatch, version):
     monkeypatch.setenv("MOCK_VASP_VERSION", version)
@@ -50,6 +51,7 @@ def test_bfgs_matches_backend(tmp_path, monkeypatch, version):
     assert "writing wavefunctions" in (tmp_path / "vasp.out").read_text()
 
 
+@pytest.mark.slow
 def test_cell_relaxation_streams_lattice_on_64_isif3(tmp_path, monkeypatch):
     monkeypatch.setenv("MOCK_VASP_VERSION", "6.4.2")
     atoms = Atoms("Cu4", cell=np.eye(3) * 3.75, pbc=True,
@@ -66,6 +68,7 @@ def test_cell_relaxation_streams_lattice_on_64_isif3(tmp_path, monkeypatch):
         reference.get_potential_energy(force_consistent=True), abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version, streams", [("6.3.2+lattice", True), ("6.4.2", False), ("6.1.2", False)])
 def test_cell_changes_stream_or_restart(tmp_path, monkeypatch, version, streams):
     monkeypatch.setenv("MOCK_VASP_VERSION", version)
@@ -89,6 +92,39 @@ def test_cell_changes_stream_or_restart(tmp_path, monkeypatch, version, streams)
         assert energy == pytest.approx(check.get_potential_energy(), abs=1e-6)
 
 
+@pytest.mark.slow
+def test_what_vasp_does_with_a_cell_outlives_a_restart(tmp_path, monkeypatch):
+    """6.1.2 reads no lattice: learnt at the first exchange, kept by the VASP started when NSW ran out,
+    so the cell change after it restarts VASP at once instead of probing it again."""
+    from vasp_interactive.protocol import LatticeCapability
+
+    monkeypatch.setenv("MOCK_VASP_VERSION", "6.1.2")
+    atoms = Atoms("Cu4", cell=np.eye(3) * 3.7, pbc=True,
+                  scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path, nsw=2, **PARAMS) as calc:
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        assert calc.session.lattice_capability is LatticeCapability.UNKNOWN  # a POSITIONS prompt alone
+        atoms.positions[0, 0] += 0.01
+        atoms.get_potential_energy()
+        first = calc.session
+        assert first.lattice_capability is LatticeCapability.CANNOT and first.exhausted
+        atoms.positions[0, 0] += 0.01
+        atoms.get_potential_energy()  # NSW spent: a new VASP, silently
+        assert calc.session is not first and calc.restarts == 1
+        second = calc.session
+        assert second.lattice_capability is LatticeCapability.CANNOT
+        atoms.set_cell(np.eye(3) * 3.72, scale_atoms=True)
+        with pytest.warns(UserWarning, match="cannot stream a lattice"):
+            energy = atoms.get_potential_energy(force_consistent=True)
+        assert calc.restarts == 2
+        assert second.process.returncode == 0  # stopped cleanly: a probe would have been killed mid-step
+    check = atoms.copy()
+    check.calc = EMT()
+    assert energy == pytest.approx(check.get_potential_energy(), abs=1e-6)
+
+
+@pytest.mark.slow
 def test_a_lattice_echo_other_than_sent_is_refused(tmp_path, monkeypatch):
     """A lattice-patch transcript recorded from the fake, replayed with one echoed number changed."""
     from vasp_interactive import VaspProtocolError
@@ -115,6 +151,7 @@ def test_a_lattice_echo_other_than_sent_is_refused(tmp_path, monkeypatch):
     two_cells(tmp_path / "control", [MOCK_VASP, "--replay", str(tmp_path / "record" / "vasp.out")])
 
 
+@pytest.mark.slow
 def test_restart_policy_error(tmp_path, monkeypatch):
     from vasp_interactive import RestartPolicy
 
@@ -130,6 +167,7 @@ def test_restart_policy_error(tmp_path, monkeypatch):
             atoms.get_potential_energy()  # 6.4.2 with ISIF 2 reads no lattice: probed, then refused
 
 
+@pytest.mark.slow
 def test_interleaved_species_are_mapped_back(shared, tmp_path):
     water = read(shared / "fixtures/structures/TIP4P-2.xyz")
     symbols = water.get_chemical_symbols()
@@ -150,6 +188,7 @@ def test_interleaved_species_are_mapped_back(shared, tmp_path):
     assert poscar.get_chemical_symbols() == sorted(symbols, key=lambda s: symbols.index(s))
 
 
+@pytest.mark.slow
 def test_nsw_budget_restarts_transparently(tmp_path):
     atoms = co_on_cu()
     reference, steps = relax_reference(atoms)
@@ -166,6 +205,7 @@ def test_nsw_budget_restarts_transparently(tmp_path):
     assert max(later_starts) < calc.steps[0].scf_iterations  # restarts read the WAVECAR
 
 
+@pytest.mark.slow
 def test_parameter_and_species_changes_restart(tmp_path):
     atoms = co_on_cu()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path, **PARAMS) as calc:
@@ -185,6 +225,7 @@ def test_parameter_and_species_changes_restart(tmp_path):
         assert calc.restarts == 2
 
 
+@pytest.mark.slow
 def test_two_calculators_at_once(tmp_path):
     first, second = co_on_cu(), co_on_cu()
     second.positions[-1] += [0.1, 0.0, 0.0]
@@ -202,6 +243,7 @@ def test_two_calculators_at_once(tmp_path):
         assert calc_a.session.process.pid != calc_b.session.process.pid
 
 
+@pytest.mark.slow
 def test_close_is_idempotent_and_calculator_reusable(tmp_path):
     atoms = co_on_cu()
     calc = VaspInteractive(command=MOCK_VASP, directory=tmp_path, **PARAMS)
@@ -218,6 +260,7 @@ def test_close_is_idempotent_and_calculator_reusable(tmp_path):
     assert energy != atoms.get_potential_energy()  # cached result of the moved structure
 
 
+@pytest.mark.slow
 def test_safety_net_stops_forgotten_vasp(tmp_path):
     script = textwrap.dedent(f"""
         import sys
@@ -274,6 +317,7 @@ def test_setup_errors_come_before_any_launch(tmp_path):
     assert calc.session is None
 
 
+@pytest.mark.slow
 def test_command_from_ase_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("ASE_VASP_COMMAND", MOCK_VASP)
     atoms = co_on_cu()
@@ -281,3 +325,49 @@ def test_command_from_ase_configuration(tmp_path, monkeypatch):
         atoms.calc = calc
         atoms.get_potential_energy()
         assert calc.argv == [MOCK_VASP]
+
+
+@pytest.mark.slow
+def test_fresh_process_per_step_costs_more_scf(tmp_path):
+    """The point of the interactive mode, on the code: ASE's ``Vasp`` (a fresh fake VASP per step) needs
+    more SCF iterations for the same structures than one VaspInteractive session."""
+    from ase.calculators.vasp import Vasp
+
+    atoms = co_on_cu()
+    base = atoms.positions.copy()
+    moves = [np.zeros_like(base)] + [np.random.default_rng(k).normal(scale=0.01, size=base.shape) for k in range(4)]
+
+    def scf_per_structure(calc, count) -> list[int]:
+        counts = []
+        for move in moves:
+            atoms.positions = base + move
+            atoms.calc = calc
+            atoms.get_potential_energy()
+            counts.append(count(calc))
+        return counts
+
+    fresh = scf_per_structure(Vasp(command=MOCK_VASP, directory=tmp_path / "fresh", ibrion=-1, nsw=0, **PARAMS),
+                              lambda calc: calc.get_number_of_iterations())
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "interactive", **PARAMS) as calc:
+        interactive = scf_per_structure(calc, lambda calc: calc.steps[-1].scf_iterations)
+        assert calc.restarts == 0
+    assert fresh[0] == interactive[0]  # the same first structure from scratch
+    assert sum(fresh[1:]) > 1.3 * sum(interactive[1:])
+    assert all(f > i for f, i in zip(fresh[1:], interactive[1:]))
+
+
+@pytest.mark.slow
+def test_a_potcar_library_per_calculator_leaves_the_environment_alone(tmp_path, monkeypatch, potcar_dir):
+    import os
+
+    from finetuna_core.parents import make_parent
+
+    monkeypatch.delenv("VASP_PP_PATH")
+    with pytest.raises(VaspSetupError, match="pp_path .* is not a directory"):
+        VaspInteractive(command=MOCK_VASP, directory=tmp_path, pp_path=tmp_path / "none", **PARAMS)
+    with make_parent("mock", tmp_path / "mock", vasp_parameters=PARAMS, pp_path=potcar_dir) as calc:
+        atoms = co_on_cu()
+        atoms.calc = calc
+        assert np.isfinite(atoms.get_potential_energy())
+    assert "VASP_PP_PATH" not in os.environ  # the library was lent for writing POTCAR, then taken back
+    assert (tmp_path / "mock" / "POTCAR").read_text().count("End of Dataset") == 3  # Cu, C, O

@@ -18,6 +18,7 @@ from finetuna_core.campaign import RelaxSettings, read_summary, run_campaign
 FINETUNA = str(Path(sys.executable).parent / "finetuna")
 
 
+@pytest.mark.slow
 def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path):
     structures = write_structures(tmp_path / "inputs", 4)
     campaign = tmp_path / "campaign"
@@ -48,6 +49,7 @@ def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path):
         reference.get_potential_energy() + 0.5 * 0.05 * len(reference) * 0.2**2, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_learner_campaign_task(tmp_path):
     pytest.importorskip("sevenn")
     structures = write_structures(tmp_path / "inputs", 1)
@@ -61,6 +63,7 @@ def test_learner_campaign_task(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_neb_one_paused_vasp_per_image(tmp_path):
     from finetuna_core.neb import run_neb
     from vasp_interactive import VaspInteractive
@@ -88,6 +91,7 @@ def run_cli(*args, cwd=None, timeout=600):
     return subprocess.run([FINETUNA, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_relax_report_and_errors(tmp_path):
     structures = write_structures(tmp_path, 1)
     done = run_cli("relax", structures["O_Cu"], "--parent", "emt", "--method", "bfgs", "--out", str(tmp_path / "r"))

@@ -17,6 +17,7 @@ CHECK = str(Path(sys.executable).parent / "vasp-interactive")
     ("6.3.2+lattice", "lattice-patch", "streamed"),
     ("6.4.2", "poscar-record", "streamed"),
 ])
+@pytest.mark.slow
 def test_check_reports_variant(version, variant, lattice):
     env = dict(os.environ, MOCK_VASP_VERSION=version)
     done = run_quiet([CHECK, "check", "--command", MOCK_VASP, "--timeout", "60"], env=env, timeout=180)
@@ -29,6 +30,7 @@ def test_check_reports_variant(version, variant, lattice):
     assert report["OUTCAR complete"].strip() == "yes"
 
 
+@pytest.mark.slow
 def test_check_sees_block_buffering_and_mpi(mpirun):
     env = dict(os.environ, MOCK_VASP_BLOCK_BUFFERED="1")
     done = run_quiet([CHECK, "check", "--command", f"{mpirun} -np 2 {MOCK_VASP}"], env=env, timeout=180)
@@ -37,6 +39,7 @@ def test_check_sees_block_buffering_and_mpi(mpirun):
     assert "openmpi: ranks stopped (2/2" in done.stdout
 
 
+@pytest.mark.slow
 def test_check_fails_on_a_broken_command(tmp_path):
     done = run_quiet([CHECK, "check", "--command", "no-such-vasp"], timeout=60)
     assert done.returncode == 1 and "not found" in done.stdout and "NOT compatible" in done.stdout

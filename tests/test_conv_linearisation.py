@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 o3 = pytest.importorskip("e3nn.o3")
 
-from finetuna_core.surrogates.conv_linearisation import linearise  # noqa: E402
+from finetuna_core.surrogates.sevennet.conv_linearisation import linearise  # noqa: E402
 
 
 def _uvu_product(irreps_in: str, lmax: int) -> tuple[object, object]:
@@ -34,6 +34,7 @@ def _graph(n_atoms: int, n_edges: int, seed: int) -> tuple[torch.Tensor, torch.T
     return src, dst, vec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dense", [True, False])
 def test_linearisation_matches_autograd(dense: bool) -> None:
     torch.manual_seed(0)

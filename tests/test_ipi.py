@@ -72,6 +72,7 @@ def prepare(tmp_path):
     return run, atoms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport, socket_name):
     run, atoms = prepare(tmp_path)
@@ -110,6 +111,7 @@ def test_bfgs_through_ipi_equals_the_direct_calculator(tmp_path, transport, sock
     assert not (run / "STOPCAR").exists() and not vasp_of(run)
 
 
+@pytest.mark.slow
 def test_a_killed_client_leaves_no_vasp_behind(tmp_path, socket_name):
     run, atoms = prepare(tmp_path)
     clients: list[subprocess.Popen] = []
@@ -128,6 +130,7 @@ def test_a_killed_client_leaves_no_vasp_behind(tmp_path, socket_name):
     server.close()
 
 
+@pytest.mark.slow
 def test_client_without_server_fails_clearly(tmp_path):
     run, _ = prepare(tmp_path)
     done = subprocess.run([CLIENT, "ipi", "--directory", str(run), "--command", MOCK_VASP, "--port", str(free_port()),
@@ -173,6 +176,7 @@ def start_ipi(tmp_path, atoms, name):
     return server
 
 
+@pytest.mark.slow
 def test_ipi_itself_optimises_through_the_client(tmp_path, socket_name):
     """i-PI 3.3 (PyPI ``ipi``) runs its own BFGS with the bottom layers fixed, VASP behind our client."""
     run, atoms = prepare(tmp_path)
@@ -199,6 +203,7 @@ def test_ipi_itself_optimises_through_the_client(tmp_path, socket_name):
     assert "writing wavefunctions" in (run / "vasp.out").read_text() and not vasp_of(run)
 
 
+@pytest.mark.slow
 def test_a_killed_server_ends_the_client_and_its_vasp(tmp_path, socket_name):
     run, atoms = prepare(tmp_path)
     name = socket_name

@@ -97,3 +97,42 @@ def test_uphill_segments_are_rejected_and_the_run_returns_to_the_best_point():
     radii = [r.extra["trust_radius"] for r in records if r.extra.get("trust_verdict") == "rejected"]
     assert radii and min(radii) < learner.settings.trust_region.initial
     assert result.energy == pytest.approx(min(p.energy for p in learner.parent_points))
+
+
+@pytest.mark.slow
+def test_a_hessian_steered_along_soft_modes_does_not_trap_the_run(surrogate):
+    """C on Ag3Fe(100), ontop (generated set, stand-in DFT): once the radius reached its minimum the
+    previous driver shuttled 0.05 A between two points within the uphill tolerance until its budget
+    was spent (150 calls, fmax 0.39 eV/A). The replayed Hessian had taken in two pairs whose forces
+    rose along the step; its steps then ran along soft modes that carry no force."""
+    from sevenn.calculator import SevenNetCalculator
+
+    from benchmarks.relaxation_methods import generated_systems
+
+    atoms = generated_systems(20)["C-Ag3Fe100-ontop-37"]
+    stand_in = SevenNetCalculator(model="7net-l3i5", device="cpu")
+    surrogate.reset()
+    learner = OnlineLearner(stand_in, surrogate)
+    result = relax(atoms.copy(), learner, fmax=0.03, max_parent_calls=60)
+    assert result.converged and result.fmax < 0.03, (result.status, result.fmax)
+    baseline = relax_parent_only(atoms.copy(), stand_in, fmax=0.03)
+    assert result.energy <= baseline.energy + 0.02, (result.energy, baseline.energy)
+
+
+@pytest.mark.slow
+def test_a_finish_that_slides_off_a_shoulder_relaxes_on(surrogate):
+    """H2O on Cu(100), hollow (generated set, stand-in DFT): the first point below fmax sat on a
+    shoulder; the tight finish slid 40 meV further down without converging, and the previous driver
+    then answered with the converged shoulder point, 0.057 eV above where parent BFGS ends."""
+    from sevenn.calculator import SevenNetCalculator
+
+    from benchmarks.relaxation_methods import generated_systems
+
+    atoms = generated_systems(20)["H2O-Cu100-hollow-51"]
+    stand_in = SevenNetCalculator(model="7net-l3i5", device="cpu")
+    surrogate.reset()
+    learner = OnlineLearner(stand_in, surrogate)
+    result = relax(atoms.copy(), learner, fmax=0.03, max_parent_calls=60)
+    baseline = relax_parent_only(atoms.copy(), stand_in, fmax=0.03)
+    assert result.converged and result.fmax < 0.03, (result.status, result.fmax)
+    assert result.energy <= baseline.energy + 0.02, (result.energy, baseline.energy, result.extra["guards"])

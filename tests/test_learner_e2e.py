@@ -37,6 +37,7 @@ def surrogate():
     return make_surrogate("sevennet")
 
 
+@pytest.mark.slow
 def test_relaxation_with_emt_parent(surrogate, tmp_path):
     surrogate.reset()
     baseline = relax_parent_only(adsorbate_on_slab(), EMT(), fmax=0.03)
@@ -53,6 +54,7 @@ def test_relaxation_with_emt_parent(surrogate, tmp_path):
     assert (tmp_path / "parent.extxyz").read_text().count("reason") == result.parent_calls
 
 
+@pytest.mark.slow
 def test_relaxation_with_fake_vasp_parent_pauses_it(surrogate, tmp_path):
     surrogate.reset()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "vasp", xc="PBE", kpts=(1, 1, 1)) as vasp:
@@ -69,6 +71,7 @@ def test_relaxation_with_fake_vasp_parent_pauses_it(surrogate, tmp_path):
                                           abs=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_parent_crash_recomputes_nothing(surrogate, tmp_path):
     surrogate.reset()
     (tmp_path / "vasp").mkdir(parents=True)
@@ -98,6 +101,7 @@ def test_resume_after_parent_crash_recomputes_nothing(surrogate, tmp_path):
     assert numbers == list(range(1, len(numbers) + 1))
 
 
+@pytest.mark.slow
 def test_uncertainty_policy_uses_the_ensemble(tmp_path):
     from finetuna_core.surrogates import make_surrogate
 
@@ -124,7 +128,7 @@ def test_fairchem_path_with_a_local_random_checkpoint(tmp_path):
     relax(atoms, learner, fmax=0.03, steps=4)
     assert learner.finetune_reports and all(r.method == "paper" for r in learner.finetune_reports)
     last = learner.finetune_reports[-1].details
-    assert last["last_loss"] < last["first_loss"]
+    assert last["loss_last_epoch"] < last["loss_first_epoch"]
     after = surrogate.predict(adsorbate_on_slab())
     assert np.abs(after.forces - before.forces).max() > 1e-6
     surrogate.save(tmp_path / "state.pt")

@@ -73,6 +73,8 @@ def test_hessian_rebuild_matches_hand_computed_bfgs():
         g1 = -constrained(current.atoms, current.forces).ravel()
         g0 = -constrained(previous.atoms, previous.forces).ravel()
         dg = g1 - g0
+        if dr @ dg <= 0:  # the gradient fell along the step: no curvature to learn (BFGS's condition)
+            continue
         hdr = hessian @ dr
         hessian = hessian + np.outer(dg, dg) / (dr @ dg) - np.outer(hdr, hdr) / (dr @ hdr)
     assert np.allclose(optimizer.H, hessian)
@@ -81,6 +83,33 @@ def test_hessian_rebuild_matches_hand_computed_bfgs():
     assert np.allclose(optimizer.forces0.reshape(-1, 3)[fixed], 0.0)  # the optimizer's (constrained) view
     rebuild_bfgs_hessian(optimizer, points[:1])
     assert np.allclose(optimizer.H, np.eye(3 * len(atoms)) * 70.0)  # no curvature from older points
+
+
+def test_hessian_replay_leaves_out_pairs_whose_forces_rise_along_the_step():
+    """A concave pair (or two points apart by noise) must not make the Hessian indefinite."""
+    from ase import Atoms
+
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 2.0]], cell=[6, 6, 6])
+    curvature = -5.0  # E = curvature / 2 * x^2 along x of atom 0: concave, forces rise along +x
+
+    def point(x):
+        moved = atoms.copy()
+        moved.positions[0, 0] = x
+        forces = np.zeros((2, 3))
+        forces[0, 0] = -curvature * x
+        return LabelledPoint(moved, 0.5 * curvature * x**2, forces)
+
+    points = [point(0.1), point(0.2)]
+    plain = BFGS(atoms.copy(), logfile=None, alpha=70.0)
+    start = (points[0].atoms.positions.ravel(), points[0].forces.ravel())
+    plain.update(*start, *start)  # ASE's first update only sets H = H0
+    plain.update(points[1].atoms.positions.ravel(), points[1].forces.ravel(),
+                 points[0].atoms.positions.ravel(), points[0].forces.ravel())
+    assert np.linalg.eigvalsh(plain.H).min() < 0  # ASE's own update takes the concave pair in
+    replayed = BFGS(atoms.copy(), logfile=None, alpha=70.0)
+    rebuild_bfgs_hessian(replayed, points)
+    assert np.allclose(replayed.H, np.eye(6) * 70.0)
+    assert np.allclose(replayed.pos0, points[-1].atoms.positions.ravel())  # still resumes at the newest point
 
 
 def test_metrics_mean_pooled_and_accuracy():

@@ -1,6 +1,6 @@
 """VASP's machine-learned force field through VaspInteractive, on the fake's ML_LMLFF mode.
 
-The fake's force field (mock_vasp/mlff.py) predicts every step, runs DFT on the first steps and
+The fake's force field (mock_vasp/physics/mlff.py) predicts every step, runs DFT on the first steps and
 where its error estimate is above ML_CTIFOR, and writes both kinds of OUTCAR blocks in the layout
 of the real 6.3.2 files (whose parsing is tested on the files themselves in test_outputs_followers).
 """
@@ -26,6 +26,7 @@ PARAMS = dict(xc="PBE", kpts=(1, 1, 1), encut=300, ediff=1e-6, ml_lmlff=True,
 SURFACE_ATOM = 9  # a free top-layer Cu atom away from the CO: soft, so 1 mA moves are left to the force field
 
 
+@pytest.mark.slow
 def test_force_field_steps_are_labelled_and_read_back(tmp_path):
     atoms = co_on_cu()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path, **PARAMS) as calc:
@@ -63,6 +64,7 @@ def test_force_field_steps_are_labelled_and_read_back(tmp_path):
     assert pid not in {p.pid for p in mock_processes()}
 
 
+@pytest.mark.slow
 def test_ml_steps_raise_refuses_a_force_field_answer(tmp_path):
     atoms = co_on_cu()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path, ml_steps="raise", **PARAMS) as calc:
@@ -78,6 +80,7 @@ def test_ml_steps_raise_refuses_a_force_field_answer(tmp_path):
     assert not mock_processes()
 
 
+@pytest.mark.slow
 def test_ml_steps_dft_recomputes_with_the_force_field_off(tmp_path):
     atoms = co_on_cu()
     with VaspInteractive(command=MOCK_VASP, directory=tmp_path, ml_steps="dft", **PARAMS) as calc:

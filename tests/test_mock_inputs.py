@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from mock_vasp.errors import InputError
-from mock_vasp.incar import Incar
-from mock_vasp.kpoints import parse_kpoints
-from mock_vasp.poscar import format_poscar, parse_poscar
-from mock_vasp.potcar import fake_potcar_text, parse_potcar
+from mock_vasp.inputs.incar import Incar
+from mock_vasp.inputs.kpoints import parse_kpoints
+from mock_vasp.inputs.poscar import format_poscar, parse_poscar
+from mock_vasp.inputs.potcar import fake_potcar_text, parse_potcar
 
 
 def test_incar_quirks():
@@ -110,6 +110,7 @@ def test_kpoints_modes():
     assert explicit.weights.tolist() == [0.25, 0.75]
 
 
+@pytest.mark.slow
 def test_fake_potcar_read_by_ase_and_pymatgen(tmp_path):
     from ase.calculators.vasp.create_input import read_potcar_numbers_of_electrons
     from pymatgen.io.vasp.inputs import PotcarSingle

@@ -32,6 +32,7 @@ def step_block(lines):
     return scf, forces
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version, echo", [("5.4.4", True), ("6.1.2", True), ("6.3.2", True), ("6.4.2", False)])
 def test_positions_variants(tmp_path, version, echo):
     raw, poscar, first = start(tmp_path, version)
@@ -73,7 +74,7 @@ def check_positions_echo(reply, sent, poscar_frac):
 
 
 def expected_lattice_echo(new, old) -> list[str]:
-    """vasp-facts section 3.1, written out from its text: header, 3 rows of 3X,3F13.7,3X,3F13.7, empty line."""
+    """The lattice patch's echo as documented for real VASP: header, 3 rows of 3X,3F13.7,3X,3F13.7, empty line."""
     lines = []
     for label, cell in (("New", new), ("Old", old)):
         lines.append(f"{label}   direct lattice vectors                   reciprocal lattice vectors")
@@ -85,6 +86,7 @@ def expected_lattice_echo(new, old) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_lattice_patch_variant(tmp_path):
     raw, poscar, _ = start(tmp_path, "6.3.2+lattice")
     try:
@@ -111,6 +113,7 @@ def test_lattice_patch_variant(tmp_path):
         raw.finish()
 
 
+@pytest.mark.slow
 def test_poscar_record_variant(tmp_path):
     raw, poscar, first = start(tmp_path, "6.4.2", isif=3)
     try:
@@ -133,6 +136,7 @@ def test_poscar_record_variant(tmp_path):
         raw.finish()
 
 
+@pytest.mark.slow
 def test_stopcar_labort_sequence(tmp_path):
     raw, poscar, first = start(tmp_path, "6.1.2")
     frac = poscar.get_scaled_positions()
@@ -155,6 +159,7 @@ def test_stopcar_labort_sequence(tmp_path):
     assert not (tmp_path / "STOPCAR").exists() and (tmp_path / "WAVECAR").exists()
 
 
+@pytest.mark.slow
 def test_stopcar_lstop_finishes_the_step(tmp_path):
     raw, poscar, _ = start(tmp_path, "6.1.2")
     frac = poscar.get_scaled_positions()
@@ -170,6 +175,7 @@ def test_stopcar_lstop_finishes_the_step(tmp_path):
     assert raw.finish() == 0
 
 
+@pytest.mark.slow
 def test_nsw_exhaustion_ends_after_the_last_result(tmp_path):
     raw, poscar, _ = start(tmp_path, "6.4.2", nsw=3)
     frac = poscar.get_scaled_positions()
@@ -197,6 +203,7 @@ def test_nsw_exhaustion_ends_after_the_last_result(tmp_path):
     assert len(oszicar.ionic_steps) == 3
 
 
+@pytest.mark.slow
 def test_spin_polarised_energy_line(tmp_path):
     raw, _, first = start(tmp_path, "6.4.2", ispin=2, magmom=[1.0] * 14)
     try:
@@ -207,6 +214,7 @@ def test_spin_polarised_energy_line(tmp_path):
         raw.finish()
 
 
+@pytest.mark.slow
 def test_eof_on_stdin_is_a_fortran_error(tmp_path):
     raw, _, _ = start(tmp_path, "6.4.2")
     raw.process.stdin.close()
@@ -214,6 +222,7 @@ def test_eof_on_stdin_is_a_fortran_error(tmp_path):
     assert "end-of-file during read" in raw.stderr
 
 
+@pytest.mark.slow
 def test_rms_c_column_as_real_vasp_prints_it(tmp_path):
     """Real 6.1.2: rms(c) from the 5th SCF line of the first step (NELMDL = -5), never on a step's last line."""
     raw, poscar, first = start(tmp_path, "6.1.2")

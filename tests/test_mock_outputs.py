@@ -19,6 +19,7 @@ def emt_reference(atoms):
     return copy.get_potential_energy(), copy.get_forces(apply_constraint=False), copy.get_stress()
 
 
+@pytest.mark.slow
 def test_single_point_through_ase_vasp(tmp_path):
     atoms = co_on_cu()
     calc = Vasp(directory=str(tmp_path), command=MOCK_VASP, xc="PBE", kpts=(2, 2, 1), encut=300,
@@ -35,6 +36,7 @@ def test_single_point_through_ase_vasp(tmp_path):
     assert calc.read_version().startswith("6.4")
 
 
+@pytest.mark.slow
 def test_readers_agree_with_backend(tmp_path):
     atoms = co_on_cu()
     write_inputs(tmp_path, atoms, kpts=(2, 2, 1), isif=2, ismear=0, sigma=0.05)
@@ -71,6 +73,7 @@ def test_readers_agree_with_backend(tmp_path):
     assert len(oszicar.electronic_steps[0]) == len(scf_lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ibrion", [1, 2])
 def test_vasp_relaxation_force_criterion(tmp_path, ibrion):
     atoms = co_on_cu()
@@ -94,6 +97,7 @@ def test_vasp_relaxation_force_criterion(tmp_path, ibrion):
     assert steps[-1].get_potential_energy() < steps[0].get_potential_energy()
 
 
+@pytest.mark.slow
 def test_energy_criterion_and_nsw_limit(tmp_path):
     atoms = co_on_cu()
     write_inputs(tmp_path / "energy", atoms, ibrion=2, nsw=100, ediffg=1e-3)
@@ -108,6 +112,7 @@ def test_energy_criterion_and_nsw_limit(tmp_path):
     assert len([line for line in done.stdout.splitlines() if " F= " in line]) == 4
 
 
+@pytest.mark.slow
 def test_block_buffered_files_lag_behind_stdout(tmp_path):
     from helpers import RawVasp
 

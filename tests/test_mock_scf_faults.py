@@ -24,6 +24,7 @@ def single_point(directory, atoms, settings=None, **incar):
     return run_quiet([MOCK_VASP], cwd=directory, timeout=120)
 
 
+@pytest.mark.slow
 def test_three_starts_order_their_scf_cost(tmp_path):
     """Cold > wavefunction file > in-memory extrapolation, for the same displacement."""
     atoms = co_on_cu()
@@ -49,6 +50,7 @@ def test_three_starts_order_their_scf_cost(tmp_path):
     assert e_restart == pytest.approx(e_memory, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ediff_nelmin_nelmdl_and_nelm(tmp_path):
     atoms = co_on_cu()
     loose = scf_lines(single_point(tmp_path / "loose", atoms, ediff=1e-3, istart=0).stdout)
@@ -66,6 +68,7 @@ def test_ediff_nelmin_nelmdl_and_nelm(tmp_path):
     assert "aborting loop EDIFF was not reached" in (tmp_path / "nelm" / "OUTCAR").read_text()
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_clear_messages(tmp_path):
     atoms = co_on_cu()
     empty = tmp_path / "empty"
@@ -110,6 +113,7 @@ def run_with_fault(directory, faults, nsteps=3, timeout=30):
     return raw
 
 
+@pytest.mark.slow
 def test_crash_fault(tmp_path):
     raw = run_with_fault(tmp_path, {"crash_at_step": 2, "crash_error": "zbrent"})
     assert raw.finish() == 1
@@ -117,11 +121,13 @@ def test_crash_fault(tmp_path):
     assert sum(line.startswith("DAV:") for line in raw.lines[-4:]) >= 1
 
 
+@pytest.mark.slow
 def test_signal_fault(tmp_path):
     raw = run_with_fault(tmp_path, {"signal_at_step": 2, "signal": "SIGKILL"})
     assert raw.finish() == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_hang_fault_is_alive_and_silent(tmp_path):
     raw = run_with_fault(tmp_path, {"hang_at_step": 2}, nsteps=1)
     frac = read(tmp_path / "POSCAR").get_scaled_positions()
@@ -134,6 +140,7 @@ def test_hang_fault_is_alive_and_silent(tmp_path):
     raw.finish()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, marker", [("noise", "0xDEADBEEF"), ("overflow", "************")])
 def test_garbage_fault(tmp_path, kind, marker):
     raw = run_with_fault(tmp_path, {"garbage_at_step": 2, "garbage": kind})
@@ -145,6 +152,7 @@ def test_garbage_fault(tmp_path, kind, marker):
     assert not any(marker in line for line in raw.lines[blocks[0]: blocks[0] + 16])
 
 
+@pytest.mark.slow
 def test_no_convergence_and_slow_and_flood(tmp_path):
     raw = run_with_fault(tmp_path / "nelm", {"no_convergence_from_step": 2}, nsteps=2)
     raw.process.kill()
@@ -167,6 +175,7 @@ def test_no_convergence_and_slow_and_flood(tmp_path):
     assert raw.finish() == 24  # it reached the prompt and met the closed stdin
 
 
+@pytest.mark.slow
 def test_mpi_two_ranks_busy_then_gone(tmp_path, mpirun):
     atoms = co_on_cu((3, 3, 3))
     write_inputs(tmp_path, atoms, settings={"scf_seconds": 0.05}, **INTERACTIVE)
@@ -199,6 +208,7 @@ def test_mpi_two_ranks_busy_then_gone(tmp_path, mpirun):
     assert not any(psutil.pid_exists(r.pid) and r.status() != psutil.STATUS_ZOMBIE for r in ranks)
 
 
+@pytest.mark.slow
 def test_mpi_crash_takes_all_ranks_down(tmp_path, mpirun):
     atoms = co_on_cu()
     write_inputs(tmp_path, atoms, settings={"faults": {"crash_at_step": 1, "crash_error": "edddav"}}, **INTERACTIVE)
@@ -213,6 +223,7 @@ def test_mpi_crash_takes_all_ranks_down(tmp_path, mpirun):
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow
 def test_gpaw_backend_runs_real_scf(tmp_path):
     pytest.importorskip("gpaw", reason="GPAW is installed by 'make test' (make gpaw)")
     from ase.build import add_adsorbate, fcc111

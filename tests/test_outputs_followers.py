@@ -51,7 +51,7 @@ def test_growing_file_in_odd_chunks_equals_whole_read(shared, tmp_path):
     assert follower.update() == 0 and not follower.stress
 
 
-# --- VASP's machine-learned force field (vasp-facts section 5; fixtures mlff/, VASP 6.3.2) ------------
+# --- VASP's machine-learned force field (real VASP 6.3.2 OUTCARs in shared fixtures mlff/) ----------------
 # Expected values written out by hand from the files: energies from the 'TOTEN' lines, stresses from the
 # 'in kB' lines (ML block: under 'ML FORCE on cell'), forces from the TOTAL-FORCE tables.
 def kbar(xx, yy, zz, xy, yz, zx):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import MOCK_VASP, mock_processes
-from helpers import co_on_cu
+from helpers import co_on_cu, wait_for
 
 from vasp_interactive import (
     SilenceTimeout,
@@ -47,6 +48,7 @@ def cpu_seconds(processes) -> list[float]:
     return [sum(p.cpu_times()[:2]) for p in processes]
 
 
+@pytest.mark.slow
 def test_pause_resume_under_mpirun(tmp_path, mpirun):
     atoms = co_on_cu()
     calc = VaspInteractive(command=[mpirun, "-np", "2", MOCK_VASP], directory=tmp_path, **PARAMS)
@@ -75,6 +77,7 @@ def test_pause_resume_under_mpirun(tmp_path, mpirun):
     assert "writing wavefunctions" in (tmp_path / "vasp.out").read_text()
 
 
+@pytest.mark.slow
 def test_psutil_strategy_pauses_serial_vasp(tmp_path):
     from vasp_interactive import PauseSettings
 
@@ -93,6 +96,7 @@ def test_psutil_strategy_pauses_serial_vasp(tmp_path):
         assert not calc.session.paused
 
 
+@pytest.mark.slow
 def test_pauses_nest_and_pause_is_a_context_manager(tmp_path):
     """D1: an inner pause block must not resume VASP inside the outer one; ``with calc.pause():`` works."""
     atoms = co_on_cu()
@@ -121,6 +125,7 @@ def test_pauses_nest_and_pause_is_a_context_manager(tmp_path):
         assert not calc.session.paused
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_typed_error_before_anything_runs(tmp_path, monkeypatch):
     """D4/D5: non-finite coordinates, no atoms, unknown elements, missing POTCARs, unwritable directories."""
     from ase import Atoms
@@ -158,6 +163,7 @@ def test_bad_input_is_a_typed_error_before_anything_runs(tmp_path, monkeypatch):
         assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-6) and calc.restarts == 0
 
 
+@pytest.mark.slow
 def test_restarts_leave_no_unclosed_pipe(tmp_path):
     """D6: every restart closed only stdin; the old stdout/stderr pipes were left to the garbage collector."""
     script = textwrap.dedent(f"""
@@ -182,6 +188,7 @@ def test_restarts_leave_no_unclosed_pipe(tmp_path):
     assert "ResourceWarning" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_a_wrapper_that_redirects_stdout_is_named_as_the_cause(tmp_path):
     """D3: VASP's stdout redirected inside a wrapper: say so, instead of 'killed by SIGKILL'."""
     from vasp_interactive import Timeouts, VaspExited
@@ -216,6 +223,19 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def driver_env(tmp_path) -> dict[str, str]:
+    """The driver's environment, with a TMPDIR of the test's own (Open MPI puts its session directory there)."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    return {**os.environ, "TMPDIR": str(tmpdir)}
+
+
+def assert_tmpdir_emptied(tmp_path, timeout=5.0):
+    """D7: nothing of the run may stay in TMPDIR (Open MPI's ``ompi.<pid>`` session directory was left)."""
+    tmpdir = tmp_path / "tmpdir"
+    assert wait_for(lambda: not any(tmpdir.iterdir()), timeout), sorted(p.name for p in tmpdir.iterdir())
+
+
 def start_driver(tmp_path, command, settings=None):
     if settings:
         import json
@@ -223,7 +243,8 @@ def start_driver(tmp_path, command, settings=None):
         (tmp_path / "mock_vasp.json").write_text(json.dumps(settings))
     script = DRIVER.format(tests=str(TESTS), command=command, directory=str(tmp_path),
                            trajectory=str(tmp_path / "opt.traj"))
-    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=driver_env(tmp_path))
     line = driver.stdout.readline()
     assert line.startswith("ready"), line
     pid = int(line.split()[1])
@@ -231,6 +252,7 @@ def start_driver(tmp_path, command, settings=None):
     return driver, tree
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_mpi", [False, True])
 def test_sigkill_of_the_driver_leaves_nothing(tmp_path, use_mpi, request):
     command = [MOCK_VASP]
@@ -241,6 +263,7 @@ def test_sigkill_of_the_driver_leaves_nothing(tmp_path, use_mpi, request):
     driver.kill()
     driver.wait()
     assert_nothing_left(tree, timeout=5.0)
+    assert_tmpdir_emptied(tmp_path)
 
 
 PAUSED_DRIVER = textwrap.dedent("""
@@ -259,6 +282,7 @@ PAUSED_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_mpi", [False, True])
 def test_sigkill_of_the_driver_while_vasp_is_paused(tmp_path, use_mpi, request):
     """A stopped process ignores SIGTERM: the watchdog sidecar resumes and ends it."""
@@ -266,7 +290,8 @@ def test_sigkill_of_the_driver_while_vasp_is_paused(tmp_path, use_mpi, request):
     if use_mpi:
         command = [request.getfixturevalue("mpirun"), "-np", "2", MOCK_VASP]
     script = PAUSED_DRIVER.format(tests=str(TESTS), command=command, directory=str(tmp_path))
-    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=driver_env(tmp_path))
     words = driver.stdout.readline().split()
     assert words[0] == "ready" and words[2] == "True", words
     pid = int(words[1])
@@ -275,8 +300,10 @@ def test_sigkill_of_the_driver_while_vasp_is_paused(tmp_path, use_mpi, request):
     driver.kill()
     driver.wait()
     assert_nothing_left(tree, timeout=10.0)
+    assert_tmpdir_emptied(tmp_path, timeout=10.0)
 
 
+@pytest.mark.slow
 def test_sigint_during_a_step_keeps_finished_steps(tmp_path):
     driver, tree = start_driver(tmp_path, [MOCK_VASP], {"faults": {"slow_step_seconds": 0.8}})
     time.sleep(2.5)
@@ -289,12 +316,12 @@ def test_sigint_during_a_step_keeps_finished_steps(tmp_path):
     assert len(frames) >= 1 and all(f.get_forces().shape == (14, 3) for f in frames)
 
 
-def failing_calc(tmp_path, faults, **timeouts):
+def failing_calc(tmp_path, faults, command=MOCK_VASP, **timeouts):
     import json
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "mock_vasp.json").write_text(json.dumps({"faults": faults}))
-    return VaspInteractive(command=MOCK_VASP, directory=tmp_path, timeouts=Timeouts(**timeouts), **PARAMS)
+    return VaspInteractive(command=command, directory=tmp_path, timeouts=Timeouts(**timeouts), **PARAMS)
 
 
 def drive(calc, steps=4):
@@ -305,6 +332,7 @@ def drive(calc, steps=4):
         atoms.positions[-1, 2] += 0.003
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error, errtype", [("zbrent", ZbrentError), ("edddav", EigensolverError)])
 def test_crash_mid_run_is_typed(tmp_path, error, errtype):
     calc = failing_calc(tmp_path, {"crash_at_step": 3, "crash_error": error})
@@ -317,6 +345,7 @@ def test_crash_mid_run_is_typed(tmp_path, error, errtype):
     calc.close()
 
 
+@pytest.mark.slow
 def test_hang_gives_silence_timeout(tmp_path):
     calc = failing_calc(tmp_path, {"hang_at_step": 2}, silence=2.0)
     started = time.monotonic()
@@ -327,6 +356,7 @@ def test_hang_gives_silence_timeout(tmp_path):
     calc.close()
 
 
+@pytest.mark.slow
 def test_step_and_startup_timeouts(tmp_path):
     calc = failing_calc(tmp_path / "step", {"slow_step_seconds": 4.0}, step=2.0, startup=60)
     calc.settings = calc.settings  # startup passes (one slow step fits in 60 s)
@@ -340,6 +370,7 @@ def test_step_and_startup_timeouts(tmp_path):
     calc.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["noise", "overflow"])
 def test_garbage_is_a_protocol_error(tmp_path, kind):
     calc = failing_calc(tmp_path, {"garbage_at_step": 2, "garbage": kind})
@@ -349,12 +380,28 @@ def test_garbage_is_a_protocol_error(tmp_path, kind):
     calc.close()
 
 
+@pytest.mark.slow
 def test_harmless_chatter_is_ignored(tmp_path):
+    """An unknown line on stdout before step 2's SCF changes nothing: same energies, no restart."""
+    from ase.calculators.emt import EMT
+
     calc = failing_calc(tmp_path, {"garbage_at_step": 2, "garbage": "chatter"})
-    drive(calc)
+    atoms = co_on_cu()
+    atoms.calc = calc
+    energies, expected = [], []
+    for _ in range(4):
+        energies.append(atoms.get_potential_energy(force_consistent=True))
+        reference = atoms.copy()
+        reference.calc = EMT()
+        expected.append(reference.get_potential_energy())
+        atoms.positions[-1, 2] += 0.003
+    assert "chatter: node17 says hello" in (tmp_path / "vasp.out").read_text()
+    assert calc.restarts == 0 and len(calc.steps) == 4 and calc.session.usable
+    assert energies == pytest.approx(expected, abs=1e-4)
     calc.close()
 
 
+@pytest.mark.slow
 def test_stderr_flood_does_not_block_and_reaches_the_error(tmp_path):
     calc = failing_calc(tmp_path / "ok", {"stderr_flood_bytes": 3_000_000, "stderr_flood_at_step": 2})
     drive(calc)
@@ -368,6 +415,7 @@ def test_stderr_flood_does_not_block_and_reaches_the_error(tmp_path):
     calc.close()
 
 
+@pytest.mark.slow
 def test_killed_vasp_is_reported(tmp_path):
     calc = failing_calc(tmp_path, {"signal_at_step": 2, "signal": "SIGSEGV"})
     with pytest.raises(VaspKilled, match="SIGSEGV"):
@@ -375,10 +423,43 @@ def test_killed_vasp_is_reported(tmp_path):
     calc.close()
 
 
-def test_no_fake_vasp_left_by_this_module():
-    assert not mock_processes()
+@pytest.mark.slow
+def test_rank_killed_under_mpirun_is_reported_as_a_signal(tmp_path, mpirun):
+    """D2: mpirun turns a rank's SIGSEGV into its own exit 139; that is still a death by SIGSEGV."""
+    calc = failing_calc(tmp_path, {"signal_at_step": 3, "signal": "SIGSEGV"}, [mpirun, "-np", "2", MOCK_VASP])
+    with pytest.raises(VaspKilled, match="killed by SIGSEGV, reported by mpirun as exit 139") as caught:
+        drive(calc)
+    assert caught.value.exit_code == 139 and len(calc.session.records) == 2
+    assert not calc.session.process.alive
+    calc.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("use_mpi", [False, True])
+def test_no_fake_vasp_left_after_close(tmp_path, use_mpi, request):
+    """Runs of its own (stopped at a prompt, while paused, after a crash); then none of their processes."""
+    command = [request.getfixturevalue("mpirun"), "-np", "2", MOCK_VASP] if use_mpi else [MOCK_VASP]
+    pids = []
+    for name, pause in (("prompt", False), ("paused", True)):
+        atoms = co_on_cu()
+        calc = VaspInteractive(command=command, directory=tmp_path / name, **PARAMS)
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        pids += session_pids(calc)
+        assert any(pid in pids for pid in (p.pid for p in mock_processes()))  # the check sees live runs
+        if pause:
+            assert calc.pause().paused
+        calc.close()
+    calc = failing_calc(tmp_path / "crash", {"crash_at_step": 2}, command)
+    with pytest.raises(ZbrentError):
+        drive(calc)
+    pids += session_pids(calc) + [calc.session.process.pid]
+    calc.close()
+    assert_nothing_left(pids)
+    assert not [p for p in mock_processes() if p.cwd().startswith(str(tmp_path))]
+
+
+@pytest.mark.slow
 def test_ml_force_field_run_is_stopped_with_sigint(tmp_path):
     """VASP's ML force field ignores STOPCAR (the fake too): close() must use SIGINT, and does."""
     atoms = co_on_cu()
@@ -408,6 +489,7 @@ def test_ml_force_field_run_is_stopped_with_sigint(tmp_path):
     assert not (tmp_path / "stopcar" / "STOPCAR").exists()  # it would stop the next run at once
 
 
+@pytest.mark.slow
 def test_stale_stopcar_is_removed_before_start(tmp_path):
     (tmp_path / "STOPCAR").write_text("LABORT = .TRUE.\n")
     atoms = co_on_cu()
@@ -420,6 +502,7 @@ def test_stale_stopcar_is_removed_before_start(tmp_path):
         assert calc.session.usable and not calc.session.hard_stop_seen
 
 
+@pytest.mark.slow
 def test_vasp_gets_default_sigint_even_if_the_driver_ignores_it(tmp_path):
     """A driver started in the background ('python run.py &') ignores SIGINT; VASP must not."""
     wrapper = tmp_path / "vasp-wrapper"

@@ -61,6 +61,7 @@ def test_step_names():
         del os.environ["SLURM_JOB_ID"]
 
 
+@pytest.mark.slow
 def test_pause_reports_failure_when_squeue_fails(tmp_path, allocation, monkeypatch):
     broken = tmp_path / "broken-bin"
     broken.mkdir()
@@ -80,15 +81,29 @@ def test_pause_reports_failure_when_squeue_fails(tmp_path, allocation, monkeypat
         atoms.get_potential_energy()
 
 
-PAUSED_DRIVER = """
-import sys
-sys.path.insert(0, {tests!r})
-from helpers import co_on_cu
-from vasp_interactive import VaspInteractive
-atoms = co_on_cu()
-calc = VaspInteractive(command=["srun", {mock!r}], directory={directory!r}, xc="PBE")
-atoms.calc = calc
-atoms.get_potential_energy()
-print("ready", calc.pause().verified, flush=True)
-sys.stdin.read()
-"""
+def failing_tool(directory: Path, name: str, message: str) -> None:
+    (directory / name).write_text(f"#!/bin/sh\necho '{message}' >&2\nexit 1\n")
+    (directory / name).chmod(0o755)
+
+
+def test_slurm_failures_are_typed_errors(tmp_path, allocation, monkeypatch):
+    from vasp_interactive.errors import SlurmError, VaspError
+    from vasp_interactive.process import slurm
+
+    assert issubclass(SlurmError, VaspError)
+    with pytest.raises(SlurmError, match=r"no running Slurm step named 'absent' in job 4242; squeue lists: none"):
+        slurm.find_step("absent")  # the fake squeue answers, with no step
+    assert slurm.cancel_step("absent") is None
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    failing_tool(broken, "squeue", "squeue: error: Unable to contact slurm controller")
+    failing_tool(broken, "scancel", "scancel: error: Invalid job id 4242.7")
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SlurmError, match="exited 1: squeue: error: Unable to contact"):
+        slurm.find_step("vasp-interactive-1")
+    with pytest.raises(SlurmError, match="scancel --signal=STOP 4242.7 exited 1: scancel: error: Invalid job id"):
+        slurm.signal_step("4242.7", "STOP")
+    assert slurm.cancel_step("vasp-interactive-1") is None  # cleanup never raises
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(SlurmError, match="SLURM_JOB_ID is not set"):
+        slurm.find_step("vasp-interactive-1")

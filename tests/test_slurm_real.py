@@ -46,6 +46,7 @@ def cpu_seconds(processes) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
 
 
+@pytest.mark.slow
 def test_srun_pmix_vasp_paused_resumed_and_stopped(tmp_path, slurm_cluster, slurm_job):
     atoms = co_on_cu()
     with VaspInteractive(command=f"srun -u --mpi=pmix -n 2 {MOCK_VASP}", directory=tmp_path, **PARAMS) as calc:
@@ -71,6 +72,7 @@ def test_srun_pmix_vasp_paused_resumed_and_stopped(tmp_path, slurm_cluster, slur
     assert wait_for(lambda: not tasks_of(slurm_job), 5.0)
 
 
+@pytest.mark.slow
 def test_two_calculators_in_one_allocation_pause_only_their_own_step(tmp_path, slurm_cluster, slurm_job):
     first, second = co_on_cu(), co_on_cu()
     command = f"srun -u --exact -n 1 {MOCK_VASP}"  # --exact: each step one CPU, both fit the allocation
@@ -107,6 +109,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
 def test_sigkill_of_the_driver_cancels_the_step(tmp_path, slurm_cluster, slurm_job, paused):
     script = DRIVER.format(tests=str(Path(__file__).parent), mock=MOCK_VASP, run=str(tmp_path), paused=paused)
@@ -125,6 +128,7 @@ def test_sigkill_of_the_driver_cancels_the_step(tmp_path, slurm_cluster, slurm_j
             driver.kill()
 
 
+@pytest.mark.slow
 def test_a_killed_srun_is_a_clear_error_and_leaves_no_task(tmp_path, slurm_cluster, slurm_job):
     import json
 
@@ -156,6 +160,7 @@ def test_a_killed_srun_is_a_clear_error_and_leaves_no_task(tmp_path, slurm_clust
     assert wait_for(lambda: not tasks_of(slurm_job), 5.0)
 
 
+@pytest.mark.slow
 def test_singletons_under_srun_are_refused(tmp_path, slurm_cluster, slurm_job):
     """Without an MPI plugin srun starts two separate copies: the fake says so instead of printing twice."""
     from helpers import write_inputs
@@ -168,6 +173,7 @@ def test_singletons_under_srun_are_refused(tmp_path, slurm_cluster, slurm_job):
     assert "FORCES:" not in done.stdout
 
 
+@pytest.mark.slow
 def test_neb_with_one_vasp_step_per_image_in_one_allocation(tmp_path, slurm_cluster, slurm_job):
     """Three images, three srun steps in one allocation; an image waiting for the others is paused."""
     from ase.calculators.emt import EMT
@@ -222,6 +228,7 @@ CAMPAIGN_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_campaign_on_dask_jobqueue_slurmcluster_survives_a_kill(tmp_path, slurm_cluster, monkeypatch):
     """Workers submitted with sbatch to the real cluster, VASP through srun inside each worker's job;
     one structure fails, the driver is killed mid-way, and the rerun recomputes nothing finished."""

@@ -1,4 +1,4 @@
-"""Tests of the SevenNet-0 surrogate (finetuna_core.surrogates.sevennet).
+"""Tests of the SevenNet-0 surrogate (finetuna_core.surrogates.sevennet) on the real model.
 
 Real-data tests use one small OC20 system (random1447590, 17 atoms, 7 free) from
 ``../shared/benchmarks/oc20_finetuna`` and skip when that folder is absent.
@@ -6,6 +6,7 @@ Real-data tests use one small OC20 system (random1447590, 17 atoms, 7 free) from
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from finetuna_core.surrogates import (  # noqa: E402
     make_surrogate,
 )
 from finetuna_core.surrogates.sevennet import SevenNetSurrogate  # noqa: E402
+from finetuna_core.surrogates.sevennet.jacobian import LinearisationCheck  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TRAJ = SHARED / "benchmarks" / "oc20_finetuna" / "random1447590.traj"
@@ -80,10 +82,11 @@ def _model_own_forces(model: SevenNetSurrogate, atoms: Atoms) -> tuple[float, np
     from sevenn.train.dataload import unlabeled_atoms_to_graph
 
     data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, model.cutoff))
-    out = model._model(data)
+    out = model.network.module(data)
     return float(out[KEY.PRED_TOTAL_ENERGY].detach()), out[KEY.PRED_FORCE].detach().numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_linear_head_identity(model: SevenNetSurrogate, frames: list[Atoms]) -> None:
     atoms = frames[0]
@@ -105,6 +108,7 @@ def test_linear_head_identity(model: SevenNetSurrogate, frames: list[Atoms]) -> 
         np.testing.assert_allclose(model.jacobian(atoms, mode=mode), jac, atol=scale)
 
 
+@pytest.mark.slow
 def test_jacobian_modes_agree_on_dense_slab(model: SevenNetSurrogate) -> None:
     """Sparse vs plain forward-mode J, and the linear identity, on a dense Cu(111) + O slab."""
     from ase.build import add_adsorbate, fcc111
@@ -121,16 +125,39 @@ def test_jacobian_modes_agree_on_dense_slab(model: SevenNetSurrogate) -> None:
     # without room for the pair matrices, the sparse mode sends node tangents through e3nn
     small = SevenNetSurrogate(jacobian_memory_mb=0.001)
     np.testing.assert_allclose(small.jacobian(slab, mode="sparse"), forward, atol=1e-5 * np.abs(forward).max())
-    assert small._linearisation_status and set(small._linearisation_status.values()) == {"edges"}
+    checks = small.jacobians.linearisation_checks
+    assert checks and set(checks.values()) == {LinearisationCheck.EDGES}
     # the pair matrices are checked when they are first built, even after an edges-only check
-    small.settings.jacobian_memory_mb = 512.0
-    small._jac_cache.clear()
-    np.testing.assert_allclose(small.jacobian(slab, mode="sparse"), forward, atol=1e-5 * np.abs(forward).max())
-    assert set(small._linearisation_status.values()) == {"all"}
+    small.update_settings(jacobian_memory_mb=512.0)
+    moved = slab.copy()
+    moved.rattle(0.02, seed=2)  # a new structure: not answered from the cache
+    np.testing.assert_allclose(
+        small.jacobian(moved, mode="sparse"), model.jacobian(moved, mode="forward"), atol=1e-5 * np.abs(forward).max()
+    )
+    assert set(small.jacobians.linearisation_checks.values()) == {LinearisationCheck.ALL}
     forces = -(sparse.T @ model.effective_head()).reshape(-1, 3)
     np.testing.assert_allclose(forces, model.predict(slab).forces[free], atol=1e-4)
 
 
+@pytest.mark.slow
+def test_every_jacobian_engine_agrees_on_a_small_molecule(model: SevenNetSurrogate) -> None:
+    """reverse_loop (128 separate backward passes) gives the J of the forward-mode engines."""
+    from ase.build import molecule
+
+    atoms = molecule("CH3OH")
+    atoms.rattle(0.05, seed=3)
+    atoms.set_constraint(FixAtoms(indices=[0]))
+    free = free_atom_mask(atoms)
+    reference = model.jacobian(atoms, mode="reverse_loop")
+    assert reference.shape == (128, 3 * int(free.sum()))
+    atol = 1e-5 * np.abs(reference).max()
+    for mode in ("forward", "sparse"):
+        np.testing.assert_allclose(model.jacobian(atoms, mode=mode), reference, atol=atol, err_msg=mode)
+    forces = -(reference.T @ model.effective_head()).reshape(-1, 3)
+    np.testing.assert_allclose(forces, model.predict(atoms).forces[free], atol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.shared
 def test_ridge_finetune_lowers_holdout_error(model: SevenNetSurrogate, split) -> None:
     points, test = split
@@ -143,12 +170,13 @@ def test_ridge_finetune_lowers_holdout_error(model: SevenNetSurrogate, split) ->
     assert after < 0.9 * before, (before, after)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_reset_and_save_load_round_trip(model: SevenNetSurrogate, split, tmp_path: Path) -> None:
     points, test = split
     atoms = test[-1]
     pre = model.predict(atoms)
-    state_before = {k: v.clone() for k, v in model._model.state_dict().items()}
+    state_before = {k: v.clone() for k, v in model.network.module.state_dict().items()}
 
     model.fine_tune(points)
     tuned = model.predict(atoms)
@@ -167,10 +195,11 @@ def test_reset_and_save_load_round_trip(model: SevenNetSurrogate, split, tmp_pat
     back = model.predict(atoms)
     np.testing.assert_array_equal(back.forces, pre.forces)
     assert back.energy == pre.energy
-    for key, value in model._model.state_dict().items():
+    for key, value in model.network.module.state_dict().items():
         assert torch.equal(value, state_before[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_ensemble_spread_and_mean(model: SevenNetSurrogate, split) -> None:
     points, test = split
@@ -199,13 +228,14 @@ def test_ensemble_spread_and_mean(model: SevenNetSurrogate, split) -> None:
     np.testing.assert_allclose(calc.results["force_spread"], pred.force_spread)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_paper_method_trains_only_the_head(split) -> None:
     points, _ = split
     paper = SevenNetSurrogate(method="paper", epochs=5)
-    before = {k: v.clone() for k, v in paper._model.state_dict().items()}
+    before = {k: v.clone() for k, v in paper.network.module.state_dict().items()}
     report = paper.fine_tune(points)
-    after = paper._model.state_dict()
+    after = paper.network.module.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == set(HEAD_KEYS)
     assert report.details["epochs"] == 5
@@ -215,11 +245,11 @@ def test_paper_method_trains_only_the_head(split) -> None:
     # The same optimisation through the network (double backward) agrees with the
     # cached-Jacobian backend.
     paper.reset()
-    paper.settings.epochs = 3
+    paper.update_settings(epochs=3)
     paper.fine_tune(points[:1])
     w_jac = paper.effective_head()
     paper.reset()
-    paper.settings.paper_backend = "autograd"
+    paper.update_settings(paper_backend="autograd")
     paper.fine_tune(points[:1])
     w_auto = paper.effective_head()
     change = np.abs(w_jac - paper.w0).max()
@@ -227,6 +257,7 @@ def test_paper_method_trains_only_the_head(split) -> None:
     np.testing.assert_allclose(w_auto, w_jac, atol=1e-2 * change)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_single_point_fit_is_conservative(model: SevenNetSurrogate, split) -> None:
     points, test = split
@@ -260,6 +291,12 @@ def test_bad_inputs_give_clear_errors(model: SevenNetSurrogate) -> None:
         SevenNetSurrogate(ensembel_size=3)
     with pytest.raises(ValueError, match="method"):
         SevenNetSurrogate(method="sgd")  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.settings.epochs = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="cannot change"):
+        model.update_settings(device="cuda")
+    with pytest.raises(TypeError, match="unknown SevenNet option"):
+        model.update_settings(epoch=3)
     # a molecule without cell or pbc is fine
     pred = model.predict(Atoms("H2O", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]]))
     assert pred.forces.shape == (3, 3) and np.isfinite(pred.energy)

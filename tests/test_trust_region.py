@@ -8,7 +8,7 @@ from ase.calculators.emt import EMT
 
 from finetuna_core.query import KSteps, QueryContext, RelaxOnly, TrustRadius, make_policy
 from finetuna_core.trust import TrustRegion, update_radius
-from mock_vasp.relax import MAX_TRIAL_DISPLACEMENT, ConjugateGradient
+from mock_vasp.physics.relax import MAX_TRIAL_DISPLACEMENT, ConjugateGradient
 
 SETTINGS = TrustRegion(initial=0.2, minimum=0.05, maximum=0.5)
 
@@ -117,6 +117,7 @@ def test_cg_never_accepts_a_line_minimum_above_its_start_and_bounds_steps():
     assert narrow_well(x)[0] < -3.9  # both atoms in the well, not thrown out of it
 
 
+@pytest.mark.slow
 def test_driver_keeps_every_step_inside_the_trust_radius():
     """With step_within_radius no point, surrogate or parent, lies beyond the radius of its segment.
 
@@ -158,3 +159,43 @@ def test_tight_finish_stops_when_the_parent_energy_stops_falling():
     assert not finish_stalled(points([-1.0, -1.0100, -1.013, -1.016, -1.019]), 2, guards)
     # too few finishing calls yet to judge
     assert not finish_stalled(points([-1.0, -1.0100, -1.0101]), 2, guards)
+
+
+def test_hessian_restarts_when_parent_calls_stop_lowering_the_energy():
+    from ase import Atoms
+
+    from finetuna_core.relax import Guards, progress_stalled
+    from finetuna_core.surrogates.base import LabelledPoint
+
+    def points(energies):
+        return [LabelledPoint(Atoms("H"), e, np.zeros((1, 3))) for e in energies]
+
+    guards = Guards(progress_patience=3, progress_min_gain=1e-3)
+    # a 2-cycle within the uphill tolerance: +-0.5 meV for three calls
+    assert progress_stalled(points([-1.0, -1.2, -1.2005, -1.2001, -1.2006]), 0, guards)
+    # slow but real descent: 2 meV per call
+    assert not progress_stalled(points([-1.0, -1.2, -1.202, -1.204, -1.206]), 0, guards)
+    # counted from the last restart only: too few points since index 2
+    assert not progress_stalled(points([-1.0, -1.2, -1.2005, -1.2001, -1.2006]), 2, guards)
+    assert not progress_stalled(points([-1.0, -1.2, -1.2005, -1.2001, -1.2006]), 0, Guards(progress_patience=0))
+
+
+def test_a_finish_that_slid_below_the_converged_point_reopens_the_relaxation():
+    from ase import Atoms
+
+    from finetuna_core.relax import Guards, found_lower_ground
+    from finetuna_core.surrogates.base import LabelledPoint
+
+    def point(energy, force):
+        return LabelledPoint(Atoms("H", cell=[5, 5, 5]), energy, np.array([[force, 0.0, 0.0]]))
+
+    guards = Guards(reopen_margin=5e-3)
+    converged = point(-1.000, 0.02)
+    # the finish went 40 meV further down a shoulder without converging there: not a minimum
+    assert found_lower_ground([converged, point(-1.040, 0.06)], 0.03, guards)
+    # 2 meV lower is within the margin: the converged point stands
+    assert not found_lower_ground([converged, point(-1.002, 0.06)], 0.03, guards)
+    # the lowest point is itself converged: it is the answer, nothing to reopen
+    assert not found_lower_ground([converged, point(-1.040, 0.01)], 0.03, guards)
+    # nothing converged yet, but lower ground found: go on
+    assert found_lower_ground([point(-1.0, 0.05), point(-1.1, 0.05)], 0.03, guards)

@@ -21,11 +21,12 @@ from ase.calculators.calculator import (
     all_changes,
 )
 
-from .errors import LatticeNotStreamable, MlStepRefused, RestartRefused, VaspOutputIncomplete, VaspSetupError
+from .errors import MlStepRefused, RestartRefused, VaspOutputIncomplete, VaspSetupError
 from .outputs import OutcarFollower, VasprunFollower
+from .plan import Refuse, Restart, RestartReason, Reuse, Stream, VaspState, plan_step, restart_for
 from .process import PauseHandle, PauseReport, resolve_command
-from .protocol import Variant
-from .session import StepRecord, VaspSession
+from .protocol import LatticeCapability, StepResult
+from .session import CellNotStreamed, IonicStepRecord, VaspSession
 from .settings import FORCED_TAGS, InteractiveSettings, MlSteps, PauseSettings, RestartPolicy, Timeouts
 
 COMMAND_VARIABLES = ("ASE_VASP_COMMAND", "VASP_COMMAND")
@@ -67,12 +68,30 @@ def find_command(command: str | list[str] | None) -> list[str]:
     return resolve_command(command)
 
 
+@contextlib.contextmanager
+def potcar_library(path: Path | None) -> Iterator[None]:
+    """``VASP_PP_PATH`` set to ``path`` while ASE writes the inputs (ASE reads it from the environment only)."""
+    if path is None:
+        yield
+        return
+    previous = os.environ.get("VASP_PP_PATH")
+    os.environ["VASP_PP_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["VASP_PP_PATH"]
+        else:
+            os.environ["VASP_PP_PATH"] = previous
+
+
 class VaspInteractive(Calculator):
     """VASP in interactive mode behind ASE's calculator interface.
 
     Accepts the VASP parameters of ASE's ``Vasp`` (``xc``, ``encut``, ``kpts``, ``isif``...), plus
     ``command``, ``directory``, ``txt`` (stdout mirror: a path, ``'-'`` for stdout, or None), and
-    ``settings`` (:class:`InteractiveSettings`) or its parts ``timeouts``, ``pause``, ``restart``.
+    ``settings`` (:class:`InteractiveSettings`) or its parts ``timeouts``, ``pause``, ``restart``,
+    and ``pp_path``: the POTCAR library for this calculator (default: ``$VASP_PP_PATH``).
 
     Use it as a context manager, or call ``close()``; a safety net stops VASP at interpreter exit
     if neither happened. ``with calc.paused():`` stops VASP's ranks while Python works.
@@ -85,7 +104,8 @@ class VaspInteractive(Calculator):
     def __init__(self, command: str | list[str] | None = None, directory: str | os.PathLike = ".",
                  txt: str | IO[str] | None = "vasp.out", settings: InteractiveSettings | None = None,
                  timeouts: Timeouts | None = None, pause: PauseSettings | None = None,
-                 restart: RestartPolicy | None = None, ml_steps: MlSteps | None = None, **vasp_parameters: Any):
+                 restart: RestartPolicy | None = None, ml_steps: MlSteps | None = None,
+                 pp_path: str | os.PathLike | None = None, **vasp_parameters: Any):
         settings = settings or InteractiveSettings()
         if ml_steps is not None:
             settings = replace(settings, ml_steps=ml_steps)
@@ -98,6 +118,10 @@ class VaspInteractive(Calculator):
         self.settings = settings
         Calculator.__init__(self, directory=str(directory))
         self.argv = find_command(command)
+        self.pp_path = None if pp_path is None else Path(pp_path)
+        if self.pp_path is not None and not self.pp_path.is_dir():
+            raise VaspSetupError(f"pp_path {str(pp_path)!r} is not a directory; give the folder that holds "
+                                 "potpaw_PBE/ (what VASP_PP_PATH would be)")
         self.txt = txt
         self.vasp_parameters = self._owned_parameters(dict(vasp_parameters))
         self._input = self._make_input(self.vasp_parameters)
@@ -110,9 +134,7 @@ class VaspInteractive(Calculator):
         self._outcar: OutcarFollower | None = None
         self._vasprun: VasprunFollower | None = None
         self._parameters_changed = False
-        self._known_variant = Variant.UNKNOWN
-        self._lattice_streamable: bool | None = None
-        self.steps: list[StepRecord] = []
+        self.steps: list[IonicStepRecord] = []
         self._last_result = None
         self.restarts = 0
         self.call_seconds: list[float] = []
@@ -190,85 +212,63 @@ class VaspInteractive(Calculator):
             raise VaspSetupError(f"cannot create the run directory {self.directory}: {error}; choose a writable "
                                  "directory=") from error
         atoms = self.atoms
-        changes = set(system_changes) - self.ignored_changes
         session = self._holder.session
-        if not changes and self._last_result is not None and not self._parameters_changed:
-            # same structure, a property asked for later (stress): read it, no new ionic step
+        plan = plan_step(set(system_changes) - self.ignored_changes, _vasp_state(session),
+                         session.lattice_capability if session is not None else LatticeCapability.UNKNOWN,
+                         self.settings, parameters_changed=self._parameters_changed,
+                         has_result=self._last_result is not None)
+        if isinstance(plan, Reuse):  # same structure, a property asked for later (stress): no new ionic step
             self._store(self._last_result, properties)
             return
         self._pause_depth = 0  # computing resumes VASP: every pause taken before has ended
-        reason = self._restart_reason(changes, session)
-        result = None
-        if reason is None:
-            try:
-                result = self._stream(atoms, "cell" in changes)
-            except LatticeNotStreamable:
-                self._lattice_streamable = False
-                reason = "cell"
-        if result is None:
-            result = self._start(atoms, reason)
+        if isinstance(plan, Stream):
+            result = self._stream(atoms, plan.cell_changed)
+            if isinstance(result, CellNotStreamed):  # the probe: this VASP reads no lattice
+                result = self._start(atoms, restart_for(RestartReason.CELL, self.settings.restart))
+        else:
+            result = self._start(atoms, plan)
         result = self._refuse_ml_step(atoms, result)
         self._store(result, properties)
         self.call_seconds.append(time.perf_counter() - started)
 
-    def _restart_reason(self, changes: set[str], session: VaspSession | None) -> str | None:
-        if session is None or not session.usable:
-            if session is not None and session.exhausted:
-                return "nsw"
-            return "start" if session is None else "ended"
-        if self._parameters_changed:
-            return "parameters"
-        system = changes & {"numbers", "pbc", "initial_magmoms"}
-        if system:
-            return "system:" + ",".join(sorted(system))
-        if "cell" in changes and not self._can_stream_lattice(session):
-            return "cell"
-        return None
-
-    def _can_stream_lattice(self, session: VaspSession) -> bool:
-        """Stream a new cell if this VASP reads one, or might (the first try probes it)."""
-        mode = self.settings.stream_lattice
-        if mode == "no" or self._lattice_streamable is False:
-            return False
-        if session.variant.streams_lattice or self._known_variant.streams_lattice:
-            return True
-        if session.parser.lattice_checked:
-            return False
-        return True  # unknown: send it; a VASP without the LATTICE prompt is detected and restarted
-
     # ------------------------------------------------------------------ starting and streaming
-    def _start(self, atoms, reason: str):
-        policy = self.settings.restart
-        if reason in ("cell",) or reason.startswith("system") or reason == "parameters":
-            action = policy.cell if reason == "cell" else policy.system
-            what = {"cell": "the cell changed and this VASP cannot stream a lattice",
-                    "parameters": "calculator parameters changed"}.get(reason, f"{reason[7:]} changed")
-            if action == "error":
-                raise RestartRefused(f"VASP would have to restart: {what} (restart policy says error)")
-            if policy.warn:
-                warnings.warn(f"VaspInteractive restarts VASP: {what}", stacklevel=4)
-        if reason == "ended" and policy.warn:
-            ended = self._holder.session.ended if self._holder.session else None
-            warnings.warn(f"VaspInteractive restarts VASP, which ended after its last result: {ended}",
+    def _start(self, atoms, plan: Restart | Refuse) -> StepResult:
+        if isinstance(plan, Refuse):
+            raise RestartRefused(f"VASP would have to restart: {plan.what} (restart policy says error)")
+        if plan.warn and plan.reason is RestartReason.ENDED:
+            session = self._holder.session
+            if session is not None and session.ended is not None:
+                why = str(session.ended)
+            elif session is not None:  # it died while waiting for input (a killed rank, a cancelled srun)
+                why = (f"its process is gone (exit code {session.process.returncode}) while it waited "
+                       "for the next structure")
+            else:
+                why = "no VASP process"
+            warnings.warn(f"VaspInteractive restarts VASP, which ended after its last result: {why}",
                           stacklevel=4)
+        elif plan.warn:
+            warnings.warn(f"VaspInteractive restarts VASP: {plan.what}", stacklevel=4)
         self._check_atoms(atoms)
+        capability = self._capability_for_next()
         self._close_session()
         self._last_result = None
         self._pause_depth = 0
         directory = Path(self.directory)  # created by Calculator.calculate (an OSError there is typed)
-        if reason.startswith("system"):
+        if not plan.keeps_wavecar:
             with contextlib.suppress(OSError):
                 (directory / "WAVECAR").unlink()
-        try:
-            self._input.initialize(atoms)
-        except (RuntimeError, KeyError, ValueError) as error:  # ASE: unknown element, POTCAR not found
-            raise VaspSetupError(f"cannot set up VASP's inputs: {str(error).strip().splitlines()[0]} ... Check the "
-                                 "elements, xc/setups, and that VASP_PP_PATH holds the POTCARs "
-                                 f"({os.environ.get('VASP_PP_PATH', 'VASP_PP_PATH is not set')})") from error
-        try:
-            self._input.write_input(atoms, directory=str(directory))
-        except OSError as error:
-            raise VaspSetupError(f"cannot write VASP's inputs into {directory}: {error}") from error
+        with potcar_library(self.pp_path):
+            library = os.environ.get("VASP_PP_PATH", "VASP_PP_PATH is not set")
+            try:
+                self._input.initialize(atoms)
+            except (RuntimeError, KeyError, ValueError) as error:  # ASE: unknown element, POTCAR not found
+                raise VaspSetupError(f"cannot set up VASP's inputs: {str(error).strip().splitlines()[0]} ... Check "
+                                     "the elements, xc/setups, and that the POTCAR library (pp_path= or "
+                                     f"VASP_PP_PATH) holds them ({library})") from error
+            try:
+                self._input.write_input(atoms, directory=str(directory))
+            except OSError as error:
+                raise VaspSetupError(f"cannot write VASP's inputs into {directory}: {error}") from error
         self._sort = list(self._input.sort)
         self._resort = list(self._input.resort)
         self._species = [symbol for symbol, _ in self._input.symbol_count]
@@ -276,25 +276,32 @@ class VaspInteractive(Calculator):
         self._outcar = OutcarFollower(directory / "OUTCAR")
         self._vasprun = VasprunFollower(directory / "vasprun.xml")
         session = VaspSession(self.argv, directory, self._species, counts, self.settings,
-                              txt=self._open_txt(directory),
-                              stop_with_signal=self.uses_force_field)
+                              txt=self._open_txt(directory), stop_with_signal=self.uses_force_field,
+                              lattice_capability=capability)
         self._holder.session = session
         self._parameters_changed = False
-        if reason != "start":
+        if plan.counts_as_restart:
             self.restarts += 1
         frac, cell = self._vasp_structure(atoms)
         result = session.start(frac, cell)
-        self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
         self._record_step(session)
         return result
 
-    def _stream(self, atoms, cell_changed: bool):
+    def _capability_for_next(self) -> LatticeCapability:
+        """What the next VASP is known to do with a new cell: what this one learnt, unless the
+        parameters changed since it started (with VASP >= 6.4.1, ISIF decides the protocol)."""
+        session = self._holder.session
+        if session is None or self._parameters_changed:
+            return LatticeCapability.UNKNOWN
+        return session.lattice_capability
+
+    def _stream(self, atoms, cell_changed: bool) -> StepResult | CellNotStreamed:
         self._check_atoms(atoms)
         session = self._holder.session
         frac, cell = self._vasp_structure(atoms)
         result = session.submit(frac, cell, cell_changed=cell_changed)
-        self._known_variant = max(self._known_variant, session.variant, key=_variant_rank)
-        self._record_step(session)
+        if isinstance(result, StepResult):
+            self._record_step(session)
         return result
 
     @property
@@ -327,7 +334,7 @@ class VaspInteractive(Calculator):
         custom = {k: v for k, v in (self.vasp_parameters.get("custom") or {}).items() if k != "ml_lmlff"}
         self.vasp_parameters = {**self.vasp_parameters, "ml_lmlff": False, "custom": custom}
         self._input = self._make_input(self.vasp_parameters)
-        return self._start(atoms, "force-field")
+        return self._start(atoms, restart_for(RestartReason.FORCE_FIELD, self.settings.restart))
 
     def _vasp_structure(self, atoms) -> tuple[np.ndarray, np.ndarray]:
         frac = atoms.cell.scaled_positions(atoms.positions)[self._sort]
@@ -396,7 +403,18 @@ class VaspInteractive(Calculator):
     # ------------------------------------------------------------------ pausing and closing
     @property
     def session(self) -> VaspSession | None:
+        """The running (or last) VASP; None before the first calculation and after ``close()``."""
         return self._holder.session
+
+    @property
+    def outcar(self) -> OutcarFollower | None:
+        """The reader following this run's OUTCAR (call ``update()`` for what VASP appended)."""
+        return self._outcar
+
+    @property
+    def vasprun(self) -> VasprunFollower | None:
+        """The reader following this run's vasprun.xml (call ``update()`` for what VASP appended)."""
+        return self._vasprun
 
     def pause(self) -> PauseHandle:
         """Stop VASP's ranks until :meth:`resume` (they use no CPU meanwhile); returns what happened.
@@ -407,7 +425,7 @@ class VaspInteractive(Calculator):
         self._pause_depth += 1
         session = self._holder.session
         if session is None:
-            report = PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
+            report = PauseReport.refused("VASP is not running")
         else:
             report = session.pause()
         return PauseHandle(**report.__dict__, release=self._release_pause)
@@ -417,7 +435,7 @@ class VaspInteractive(Calculator):
         self._pause_depth = 0
         session = self._holder.session
         if session is None:
-            return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not running")
+            return PauseReport.refused("VASP is not running")
         return session.resume()
 
     def _release_pause(self) -> None:
@@ -451,5 +469,9 @@ class VaspInteractive(Calculator):
         self.close()
 
 
-def _variant_rank(variant: Variant) -> int:
-    return {Variant.UNKNOWN: 0, Variant.CLASSIC: 1, Variant.LATTICE_PATCH: 2, Variant.POSCAR_RECORD: 2}[variant]
+def _vasp_state(session: VaspSession | None) -> VaspState:
+    if session is None:
+        return VaspState.NOT_STARTED
+    if session.usable:
+        return VaspState.WAITING
+    return VaspState.EXHAUSTED if session.exhausted else VaspState.ENDED

@@ -86,6 +86,10 @@ class VaspKilled(VaspExited):
     """VASP (or its launcher) was killed by a signal."""
 
 
+class SlurmError(VaspError):
+    """A Slurm command (``squeue``, ``scancel``) failed, or this run's step could not be found."""
+
+
 class VaspTimeout(VaspError):
     """VASP did not deliver in time; the process was stopped."""
 
@@ -108,10 +112,6 @@ class VaspProtocolError(VaspError):
 
 class VaspOutputIncomplete(VaspError):
     """A requested property is not (yet) in VASP's output files."""
-
-
-class LatticeNotStreamable(VaspError):
-    """This VASP took the positions but asked for no lattice: a changed cell needs a restart."""
 
 
 class MlStepRefused(VaspError):

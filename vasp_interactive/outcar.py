@@ -7,7 +7,7 @@ ordinary step prints one energy block (``FREE ENERGIE OF THE ION-ELECTRON SYSTEM
 substring "FREE ENERGIE OF THE ION-ELECTRON SYSTEM" matches twice in such a step, and the
 ``Ionic step`` headers are not where the steps begin (from step 2 on, VASP prints the next
 structure's ML block before its header). A step here is: an ML block, optionally followed by
-one DFT block; or, in a run without ML, one DFT block (vasp-facts section 5).
+one DFT block; or, in a run without ML, one DFT block.
 
 Markers are matched without regard to letter case: VASP 6.4.1 changed the case of the ML energy
 lines, and a driver that waited for the old spelling hung.

@@ -1,14 +1,15 @@
 """One running VASP: launch, exchange structures over stdin/stdout, pause, stop.
 
-The session joins the three pieces: ``VaspProcess`` (launching, signals, reaping), ``LineStream``
-(draining the pipes with deadlines) and ``StreamParser`` (the protocol). It knows nothing about
-ASE; the calculator sits on top of it.
+The session joins three pieces: ``VaspProcess`` (launching, signals, reaping), ``LineStream``
+(draining the pipes with deadlines) and the pure ``protocol`` package (``StreamParser`` decodes
+stdout, ``StructureReply`` answers the prompts, ``StopExchange`` leads the STOPCAR stop,
+``update_capability`` learns whether a cell can be streamed). It knows nothing about ASE; the
+calculator sits on top of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 import warnings
@@ -20,7 +21,6 @@ from typing import IO
 import numpy as np
 
 from .errors import (
-    LatticeNotStreamable,
     SilenceTimeout,
     StartupTimeout,
     StepTimeout,
@@ -30,34 +30,34 @@ from .errors import (
     VaspProtocolError,
 )
 from .outcar import ComputedBy
-from .process import (
-    LocalProcessSignal,
-    PauseReport,
-    PauseStrategy,
-    VaspProcess,
-    choose_strategy,
-    stopped_ranks,
-    wait_for_rank_state,
-)
+from .process import Pauser, PauseReport, VaspProcess, signal_death
 from .protocol import (
+    STOPCAR_TEXT,
     ErrorMessage,
+    Event,
+    GiveUp,
     HardStop,
-    InputAccepted,
+    LatticeCapability,
     LatticeEcho,
     Phase,
     Prompt,
     PromptKind,
-    ScfIteration,
+    ProtocolVariant,
+    Send,
     StepResult,
+    StepStarted,
+    StopExchange,
     StreamParser,
-    Variant,
+    StructureReply,
+    lattice_echo_mismatch,
+    update_capability,
 )
 from .settings import InteractiveSettings
 from .stream import EOF, LineStream, Timeout
 
 
 @dataclass(frozen=True)
-class StepRecord:
+class IonicStepRecord:
     """Bookkeeping of one ionic step: SCF cost, time spent waiting for VASP, and who computed it.
 
     ``source``: ``"ml"`` for a step VASP's machine-learned force field answered without an SCF
@@ -75,21 +75,15 @@ class StepRecord:
     dft_energy: float | None = None
 
 
-def format_positions(frac: np.ndarray) -> str:
-    return "".join(f"{x:20.16f}{y:20.16f}{z:20.16f}\n" for x, y, z in frac)
+StepRecord = IonicStepRecord  # the earlier name
 
 
-def format_lattice(lattice: np.ndarray) -> str:
-    return "".join(f"{x:20.14f}{y:20.14f}{z:20.14f}\n" for x, y, z in lattice)
+@dataclass(frozen=True)
+class CellNotStreamed:
+    """The new cell was not sent: this VASP took the positions and asked for no lattice.
 
-
-def format_poscar_record(frac: np.ndarray, lattice: np.ndarray, species: Sequence[str],
-                         counts: Sequence[int]) -> str:
-    """The record VASP >= 6.4.1 reads with ISIF >= 3: no selective dynamics, no velocities."""
-    return (
-        "vasp_interactive\n1.0\n" + format_lattice(lattice) + " ".join(species) + "\n"
-        + " ".join(str(c) for c in counts) + "\nDirect\n" + format_positions(frac)
-    )
+    VASP was stopped before it finished the step on the old cell; the caller restarts it.
+    """
 
 
 class VaspSession:
@@ -97,27 +91,27 @@ class VaspSession:
 
     def __init__(self, argv: Sequence[str], directory: Path, species: Sequence[str], counts: Sequence[int],
                  settings: InteractiveSettings, txt: IO[str] | None = None,
-                 env: dict[str, str] | None = None, stop_with_signal: bool = False):
+                 env: dict[str, str] | None = None, stop_with_signal: bool = False,
+                 lattice_capability: LatticeCapability = LatticeCapability.UNKNOWN):
         self.directory = Path(directory)
         self.species = list(species)
         self.counts = list(counts)
+        # whether this VASP takes a new cell: what the caller knew, then what its events say
+        self.lattice_capability = lattice_capability
         self.settings = settings
         self.parser = StreamParser(int(sum(counts)))
         self.process = VaspProcess(argv, self.directory, env)
         self.stream: LineStream | None = None
         self._txt = txt
         self.stop_with_signal = stop_with_signal
-        self.records: list[StepRecord] = []
+        self.records: list[IonicStepRecord] = []
         self.messages: list[ErrorMessage] = []
         self.hard_stop_seen = False
         self.exhausted = False  # VASP ended normally after its last allowed step
         self.ended: VaspError | None = None  # VASP ended abnormally after delivering a result
         self.closed = False
-        self.paused = False
-        self._strategy: PauseStrategy | None = None
-        self._fallback: PauseStrategy | None = None
-        self._frac: np.ndarray | None = None
-        self._lattice: np.ndarray | None = None
+        self.pauser = Pauser(self.process, settings.pause)
+        self._reply: StructureReply | None = None  # the structure VASP computes or computed last
 
     # ------------------------------------------------------------------ state
     @property
@@ -125,7 +119,7 @@ class VaspSession:
         return self.parser.version
 
     @property
-    def variant(self) -> Variant:
+    def variant(self) -> ProtocolVariant:
         return self.parser.variant
 
     @property
@@ -139,7 +133,7 @@ class VaspSession:
     # ------------------------------------------------------------------ running
     def start(self, frac: np.ndarray, lattice: np.ndarray) -> StepResult:
         """Launch VASP on the input files already written and return its first result."""
-        self._frac, self._lattice = frac.copy(), lattice.copy()
+        self._reply = self._structure(frac, lattice)
         stale = self.directory / "STOPCAR"
         if stale.exists():  # left by a run that was killed: VASP would stop at its first SCF step
             warnings.warn(f"removed a stale {stale} before starting VASP", stacklevel=3)
@@ -152,14 +146,16 @@ class VaspSession:
         deadline = None if timeouts.startup is None else time.monotonic() + timeouts.startup
         started = time.monotonic()
         result = self._read_result(deadline, "start-up")
+        assert isinstance(result, StepResult)  # no cell was sent
         self._after_result(result, deadline, started)
         return result
 
-    def submit(self, frac: np.ndarray, lattice: np.ndarray, cell_changed: bool = False) -> StepResult:
+    def submit(self, frac: np.ndarray, lattice: np.ndarray,
+               cell_changed: bool = False) -> StepResult | CellNotStreamed:
         """Send a structure (and the lattice where the protocol carries it); return its result.
 
-        With ``cell_changed`` and a VASP that turns out not to read a lattice, VASP is stopped and
-        ``LatticeNotStreamable`` is raised: the caller restarts it on the new cell.
+        With ``cell_changed`` and a VASP that turns out not to read a lattice, VASP is stopped
+        and ``CellNotStreamed`` returned: the caller restarts it on the new cell.
         """
         if self.paused:
             self.resume()
@@ -168,19 +164,18 @@ class VaspSession:
         timeouts = self.settings.timeouts
         deadline = None if timeouts.step is None else time.monotonic() + timeouts.step
         started = time.monotonic()
-        self._frac, self._lattice = frac.copy(), lattice.copy()
-        self._send(frac, lattice)
-        result = self._read_result(deadline, "ionic step", frac=frac, lattice=lattice,
-                                   need_lattice=cell_changed)
-        self._after_result(result, deadline, started)
+        self._reply = self._structure(frac, lattice)
+        self._answer(self._reply.to(self.parser.prompt))
+        result = self._read_result(deadline, "ionic step", cell_changed=cell_changed)
+        if isinstance(result, StepResult):
+            self._after_result(result, deadline, started)
         return result
 
-    def _send(self, frac: np.ndarray, lattice: np.ndarray) -> None:
-        prompt = self._last_prompt
-        if prompt is PromptKind.POSITIONS_AND_LATTICE:
-            text = format_poscar_record(frac, lattice, self.species, self.counts)
-        else:
-            text = format_positions(frac)
+    def _structure(self, frac: np.ndarray, lattice: np.ndarray) -> StructureReply:
+        return StructureReply(frac.copy(), lattice.copy(), tuple(self.species), tuple(self.counts))
+
+    def _answer(self, text: str) -> None:
+        """Write the answer to the prompt VASP waits at."""
         self.parser.expect_input_sent()
         self.stream.last_activity = time.monotonic()
         try:
@@ -188,32 +183,24 @@ class VaspSession:
         except (BrokenPipeError, OSError):
             pass  # VASP is gone; reading will report how it ended
 
-    def _read_result(self, deadline: float | None, what: str, frac=None, lattice=None,
-                     need_lattice: bool = False) -> StepResult:
+    def _read_result(self, deadline: float | None, what: str,
+                     cell_changed: bool = False) -> StepResult | CellNotStreamed:
         while True:
             for event in self._next_events(deadline, what):
-                if (need_lattice and isinstance(event, (ScfIteration, StepResult))
-                        and not self.parser.variant.streams_lattice):
-                    self.terminate()
-                    raise LatticeNotStreamable("this VASP reads positions only; the new cell needs a restart",
-                                               **self._context())
                 if isinstance(event, StepResult):
                     return event
-                if isinstance(event, LatticeEcho):
-                    sent = lattice if lattice is not None else self._lattice
-                    # F13.7 rounds to 5e-8; more than that is a lattice VASP misread
-                    if sent is not None and np.abs(event.new - sent).max() > 1e-6 * max(1.0, np.abs(sent).max()):
-                        raise self._protocol_failure(
-                            f"VASP echoed a lattice other than the one sent: {event.new.tolist()} "
-                            f"instead of {np.round(sent, 7).tolist()}")
-                if isinstance(event, Prompt) and event.kind is PromptKind.LATTICE:
-                    self.parser.expect_input_sent()
-                    try:
-                        self.process.write(format_lattice(lattice if lattice is not None else self._lattice))
-                    except (BrokenPipeError, OSError):
-                        pass
+                if isinstance(event, StepStarted):
+                    if cell_changed and self.lattice_capability is LatticeCapability.CANNOT:
+                        self.terminate()  # it would compute the new positions in the old cell
+                        return CellNotStreamed()
+                elif isinstance(event, LatticeEcho):
+                    mismatch = lattice_echo_mismatch(event, self._reply.lattice)
+                    if mismatch is not None:
+                        raise self._protocol_failure(mismatch)
                 elif isinstance(event, Prompt):
-                    raise self._protocol_failure(f"VASP asked for input during the {what} before giving a result")
+                    if event.kind is not PromptKind.LATTICE:
+                        raise self._protocol_failure(f"VASP asked for input during the {what} before giving a result")
+                    self._answer(self._reply.to(event.kind))
 
     def _after_result(self, result: StepResult, deadline: float | None, started: float) -> None:
         """Wait for the next prompt; or notice that VASP ended (NSW spent, or a crash)."""
@@ -234,20 +221,17 @@ class VaspSession:
             if any(isinstance(e, Prompt) for e in events):
                 break
         dft = result.scf_iterations > 0
-        self.records.append(StepRecord(len(self.records) + 1, result.scf_iterations,
-                                       time.monotonic() - started, result.free_energy,
-                                       source="dft" if dft else "ml", dft_energy=result.free_energy if dft else None))
+        self.records.append(IonicStepRecord(len(self.records) + 1, result.scf_iterations,
+                                            time.monotonic() - started, result.free_energy,
+                                            source="dft" if dft else "ml",
+                                            dft_energy=result.free_energy if dft else None))
 
-    @property
-    def _last_prompt(self) -> PromptKind | None:
-        return self.parser._last_prompt
-
-    def _next_events(self, deadline: float | None, what: str, eof_ok: bool = False):
-        """Events of the next stdout line; raises on EOF (unless eof_ok), timeouts and garbage."""
+    def _next_events(self, deadline: float | None, what: str, eof_ok: bool = False) -> list[Event] | None:
+        """Events of the next stdout line; raises on EOF (unless eof_ok: None), timeouts and garbage."""
         assert self.stream is not None
         while True:
             item = self.stream.next_line(deadline, self.settings.timeouts.silence)
-            if item is EOF:
+            if isinstance(item, EOF):
                 if eof_ok:
                     return None
                 code = self.process.reap(self.settings.timeouts.terminate)
@@ -266,6 +250,7 @@ class VaspSession:
             except VaspProtocolError as error:
                 raise self._protocol_failure(error.summary) from None
             for event in events:
+                self.lattice_capability = update_capability(self.lattice_capability, event)
                 if isinstance(event, ErrorMessage):
                     self.messages.append(event)
                 elif isinstance(event, HardStop):
@@ -287,9 +272,9 @@ class VaspSession:
             known = self.messages[-1]
             return known.error(f"VASP stopped {when}: {known.message} (hint: {known.hint})",
                                exit_code=code, vasp_message=known.message, **context)
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-            return VaspKilled(f"VASP was killed by {name} {when}", exit_code=code, **context)
+        death = signal_death(self.process.argv, code)
+        if death is not None:
+            return VaspKilled(f"VASP was killed by {death.describe()} {when}", exit_code=code, **context)
         return VaspExited(f"VASP exited {when} without a result", exit_code=code, **context)
 
     def _timeout_failure(self, timeout: Timeout, what: str) -> VaspError:
@@ -313,86 +298,22 @@ class VaspSession:
         return VaspProtocolError(summary + "; VASP was stopped", exit_code=self.process.returncode, **context)
 
     # ------------------------------------------------------------------ pausing
+    @property
+    def paused(self) -> bool:
+        return self.pauser.paused
+
     def pause(self) -> PauseReport:
         """Stop VASP's ranks (they use no CPU until ``resume``); VASP must be waiting for input."""
-        started = time.monotonic()
-        if self.paused:
-            return self._report(True, started, "already paused")
-        if not self.awaiting_input:
-            return PauseReport(False, "none", False, 0, 0, 0.0, "VASP is not waiting at a prompt")
-        if self._strategy is None:
-            self._strategy = choose_strategy(self.process, self.settings.pause)
-        if self._strategy is None:
-            return PauseReport(False, "none", False, 0, 0, 0.0, "pausing is disabled")
-        strategy = self._strategy
-        self._fallback = None
-        try:
-            strategy.pause(self.process)
-        except Exception as error:  # noqa: BLE001 - fall back to direct signals
-            fallback = self._local_fallback()
-            if not fallback.ranks(self.process):
-                return PauseReport(False, strategy.name, False, 0, 0, time.monotonic() - started,
-                                   f"{strategy.name} failed ({error}); no local rank found, nothing paused")
-            self._fallback = fallback
-            fallback.pause(self.process)
-            self.paused = True
-            return self._report(True, started, f"{strategy.name} failed ({error}); used psutil")
-        self.paused = True
-        note = ""
-        if self.settings.pause.verify:
-            timeout = self.settings.pause.verify_timeout
-            stopped, seen = wait_for_rank_state(self.process, True, timeout, self._ranks)
-            if stopped < seen and not isinstance(strategy, LocalProcessSignal):
-                self._fallback = self._local_fallback()
-                self._fallback.pause(self.process)
-                note = f"{strategy.name} left {seen - stopped} of {seen} ranks running; used psutil"
-                wait_for_rank_state(self.process, True, timeout, self._ranks)
-            elif seen == 0:
-                note = f"no rank of this run on this node to check; trusted {strategy.name}"
-        return self._report(True, started, note)
-
-    def _ranks(self, process: VaspProcess) -> list:
-        return self._strategy.ranks(process) if self._strategy is not None else process.rank_processes()
-
-    def _local_fallback(self) -> LocalProcessSignal:
-        """Direct SIGSTOP to the ranks the strategy knows (for Slurm: the step's local tasks)."""
-
-        def targets(process: VaspProcess) -> list:
-            try:
-                return self._ranks(process)
-            except Exception:  # noqa: BLE001 - e.g. squeue failed: srun is no rank, stop nothing
-                return []
-
-        return LocalProcessSignal(targets)
+        if not self.pauser.paused and not self.awaiting_input:
+            return PauseReport.refused("VASP is not waiting at a prompt")
+        return self.pauser.pause()
 
     def resume(self) -> PauseReport:
-        started = time.monotonic()
-        if not self.paused:
-            return self._report(False, started, "not paused")
-        if self._strategy is not None:
-            try:
-                self._strategy.resume(self.process)
-            except Exception:  # noqa: BLE001
-                self._local_fallback().resume(self.process)
-        if self._fallback is not None:
-            self._fallback.resume(self.process)
-        self.paused = False
-        if self.settings.pause.verify:
-            wait_for_rank_state(self.process, False, self.settings.pause.verify_timeout, self._ranks)
+        """Let VASP's ranks run again; the silence timeout counts from now."""
+        report = self.pauser.resume()
         if self.stream is not None:
             self.stream.last_activity = time.monotonic()
-        return self._report(False, started, "")
-
-    def _report(self, paused: bool, started: float, note: str) -> PauseReport:
-        try:
-            stopped, seen = stopped_ranks(self.process, self._ranks) if self.process.alive else (0, 0)
-        except Exception:  # noqa: BLE001 - the ranks could not be listed (e.g. squeue failed)
-            stopped, seen = 0, 0
-        name = self._strategy.name if self._strategy else "none"
-        if self._fallback is not None:
-            name += "+psutil"
-        verified = (stopped == seen and seen > 0) if paused else stopped == 0
-        return PauseReport(paused, name, verified, stopped, seen, time.monotonic() - started, note)
+        return report
 
     # ------------------------------------------------------------------ stopping
     def close(self) -> int | None:
@@ -412,30 +333,20 @@ class VaspSession:
         return self.terminate()
 
     def _stop_with_stopcar(self) -> None:
+        """Write STOPCAR and lead VASP through its last step (``StopExchange``) to a clean exit."""
         stopcar = self.directory / "STOPCAR"
-        timeouts = self.settings.timeouts
         try:
-            stopcar.write_text("LABORT = .TRUE.\n")
-            deadline = time.monotonic() + timeouts.stop
-            frac, lattice = self._frac, self._lattice
-            self._send(frac, lattice)
-            self._read_result(deadline, "STOPCAR shutdown", frac=frac, lattice=lattice)
-            while not self.awaiting_input:
-                events = self._next_events(deadline, "STOPCAR shutdown", eof_ok=True)
-                if events is None:
-                    return
-            self._send(frac, lattice)
-            while True:
-                events = self._next_events(deadline, "STOPCAR shutdown", eof_ok=True)
-                if events is None:
-                    break
-                if any(isinstance(e, Prompt) and e.kind is PromptKind.LATTICE for e in events):
-                    self.parser.expect_input_sent()
-                    self.process.write(format_lattice(lattice))
-                elif any(isinstance(e, Prompt) for e in events):
-                    break  # this VASP does not stop after the hard stop; signals will do it
-                elif any(isinstance(e, InputAccepted) for e in events):
-                    continue
+            stopcar.write_text(STOPCAR_TEXT)
+            deadline = time.monotonic() + self.settings.timeouts.stop
+            exchange = StopExchange(self._reply)
+            self._answer(exchange.begin(self.parser.prompt).text)
+            while (events := self._next_events(deadline, "STOPCAR shutdown", eof_ok=True)) is not None:
+                for event in events:
+                    action = exchange.on_event(event)
+                    if isinstance(action, GiveUp):
+                        return  # the signals of terminate() stop it
+                    if isinstance(action, Send):
+                        self._answer(action.text)
             self.process.wait_exit(deadline - time.monotonic())  # then terminate() escalates
         except (VaspError, OSError):
             pass  # the signals below finish the job
@@ -463,17 +374,3 @@ class VaspSession:
         if self._txt is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._txt.flush()
-
-
-def leftover_processes(pid: int) -> list[int]:
-    """PIDs still alive in the session led by ``pid`` (for tests and diagnostics)."""
-    import psutil
-
-    alive = []
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return alive

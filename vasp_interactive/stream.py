@@ -12,17 +12,27 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Literal
 
-EOF = object()
+
+@dataclass(frozen=True)
+class EOF:
+    """``next_line`` returned because VASP's stdout closed (every later call returns it too)."""
 
 
 @dataclass(frozen=True)
 class Timeout:
-    """``next_line`` returned because a deadline passed: which one, and how long it waited."""
+    """``next_line`` returned because a deadline passed: which one, and how long it waited.
 
-    kind: str  # "deadline" or "silence"
+    ``kind``: ``"deadline"`` (the caller's) or ``"silence"`` (nothing printed for too long);
+    ``waited``: seconds since the last output, for a silence timeout.
+    """
+
+    kind: Literal["deadline", "silence"]
     waited: float
+
+
+_END = EOF()
 
 
 class StderrTail:
@@ -61,7 +71,6 @@ class LineStream:
         self._pending: deque[str] = deque()
         self.stderr = StderrTail(stderr_bytes)
         self.last_activity = time.monotonic()
-        self.lines_read = 0
         self._threads = [
             threading.Thread(target=self._pump_stdout, args=(stdout,), name="vasp-stdout", daemon=True),
             threading.Thread(target=self._pump_stderr, args=(stderr,), name="vasp-stderr", daemon=True),
@@ -92,7 +101,7 @@ class LineStream:
         finally:
             if partial:
                 self._queue.put([partial.decode(errors="replace")])
-            self._queue.put(EOF)
+            self._queue.put(_END)
 
     def _pump_stderr(self, stream: BinaryIO) -> None:
         try:
@@ -101,12 +110,11 @@ class LineStream:
         except (OSError, ValueError):
             pass
 
-    def next_line(self, deadline: float | None, silence: float | None) -> str | object:
+    def next_line(self, deadline: float | None, silence: float | None) -> str | EOF | Timeout:
         """The next stdout line, ``EOF``, or a ``Timeout`` (deadline is monotonic time)."""
         if self._pending:
             line = self._pending.popleft()
             self._recent.append(line.rstrip("\n"))
-            self.lines_read += 1
             return line
         while True:
             now = time.monotonic()
@@ -115,7 +123,7 @@ class LineStream:
                 limits.append((deadline - now, "deadline"))
             if silence is not None:
                 limits.append((self.last_activity + silence - now, "silence"))
-            wait, kind = min(limits) if limits else (None, "")
+            wait, kind = min(limits) if limits else (None, "deadline")
             if wait is not None and wait <= 0:
                 return Timeout(kind, now - self.last_activity if kind == "silence" else 0.0)
             try:
@@ -123,9 +131,9 @@ class LineStream:
             except queue.Empty:
                 continue
             self.last_activity = time.monotonic()
-            if item is EOF:
-                self._queue.put(EOF)  # EOF stays visible to later calls
-                return EOF
+            if isinstance(item, EOF):
+                self._queue.put(item)  # EOF stays visible to later calls
+                return item
             self._pending.extend(item)
             return self.next_line(deadline, silence)
 

@@ -3,9 +3,9 @@
 Users copy a checkpoint from the model hub themselves and pass its path. Loading is safe:
 the file is read with ``torch.load(weights_only=True)`` (fairchem's own loader is forced to do the
 same), and every ``_target_`` / module path in the model configuration must lie inside fairchem,
-since fairchem instantiates them with hydra. Fine-tuning is the paper's recipe on the energy head
-(AdamW with amsgrad, plateau scheduler, force loss on free atoms), continuing from the current
-weights, on all parent points given.
+since fairchem instantiates them with hydra. Fine-tuning runs the paper's recipe
+(:mod:`.training.paper`, the loop the SevenNet backend uses too) on the energy head, continuing
+from the current weights, on all parent points given that have free atoms.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from ase import Atoms
 
 from .base import FineTuneReport, LabelledPoint, Prediction, Surrogate
+from .training.paper import PaperRecipe
 
 ALLOWED_PREFIX = "fairchem.core."
 _CONFIG_KEYS = ("_target_", "model", "module", "head_cls")
@@ -30,13 +31,35 @@ _CONFIG_KEYS = ("_target_", "model", "module", "head_cls")
 
 @dataclass(frozen=True)
 class FairchemSettings:
+    """Options of the fairchem surrogate; the training ones default to the paper's recipe.
+
+    Attributes:
+        checkpoint: local path of a fairchem inference checkpoint.
+        task_name: the dataset task the model predicts for (``"oc20"``, ``"omat"``, ...).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present).
+        epochs, lr, weight_decay, force_loss_weight, seed: see :class:`PaperRecipe`.
+        scheduler_factor, scheduler_patience: its ``plateau_factor`` and ``plateau_patience``.
+    """
+
     checkpoint: str
     task_name: str = "oc20"
-    device: str = "auto"  # "auto": CUDA when present
-    epochs: int = 400
-    lr: float = 3e-4
-    scheduler_factor: float = 0.9
-    scheduler_patience: int = 3
+    device: str = "auto"
+    epochs: int = PaperRecipe.epochs
+    lr: float = PaperRecipe.lr
+    scheduler_factor: float = PaperRecipe.plateau_factor
+    scheduler_patience: int = PaperRecipe.plateau_patience
+    weight_decay: float = PaperRecipe.weight_decay
+    force_loss_weight: float = PaperRecipe.force_loss_weight
+    seed: int = PaperRecipe.seed
+
+    def __post_init__(self) -> None:
+        self.paper_recipe()  # its checks
+
+    def paper_recipe(self) -> PaperRecipe:
+        """The training hyper-parameters as the shared recipe takes them."""
+        return PaperRecipe(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                           plateau_factor=self.scheduler_factor, plateau_patience=self.scheduler_patience,
+                           force_loss_weight=self.force_loss_weight, seed=self.seed)
 
 
 def audit_config(value: Any, where: str = "model_config") -> None:
@@ -143,41 +166,36 @@ class FairchemSurrogate(Surrogate):
         return task.normalizer.denorm(forces) if task is not None else forces
 
     def fine_tune(self, points: Sequence[LabelledPoint]) -> FineTuneReport:
+        """The paper's recipe on the energy head, over all ``points`` that have free atoms."""
         import torch
+
+        from .training.paper import train_paper_recipe
 
         if not points:
             raise ValueError("fine_tune needs at least one parent point")
+        usable = [p for p in points if p.free_mask.any()]
+        if not usable:
+            raise ValueError("no point has free atoms: nothing to fit")
         started = time.perf_counter()
-        s = self.settings
-        batches = [self._batch(p.atoms) for p in points]
-        targets = [torch.tensor(np.asarray(p.forces), dtype=torch.float32) for p in points]
-        masks = [torch.tensor(p.free_mask) for p in points]
+        batches = [self._batch(p.atoms) for p in usable]
+        masks = [torch.tensor(p.free_mask, device=self.device) for p in usable]
+        targets = [torch.tensor(np.asarray(p.forces), dtype=torch.float32, device=self.device)[mask]
+                   for p, mask in zip(usable, masks)]
+
+        def predict_forces(i: int) -> torch.Tensor:
+            return self._train_forces(batches[i]).reshape(-1, 3)[masks[i]]
+
         self.model.requires_grad_(False)
-        for parameter in self.head.parameters():
+        parameters = list(self.head.parameters())
+        for parameter in parameters:
             parameter.requires_grad_(True)
-        optimiser = torch.optim.AdamW(self.head.parameters(), lr=s.lr, amsgrad=True)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=s.scheduler_factor,
-                                                               patience=s.scheduler_patience)
         self.model.train()
-        first = last = float("nan")
         try:
-            for epoch in range(s.epochs):
-                total = 0.0
-                for batch, target, mask in zip(batches, targets, masks):  # batch size 1, as in the paper
-                    optimiser.zero_grad()
-                    predicted = self._train_forces(batch).reshape(-1, 3)
-                    loss = ((predicted[mask] - target[mask]) ** 2).mean()
-                    loss.backward()
-                    optimiser.step()
-                    total += float(loss.detach())
-                scheduler.step(total)
-                first = total / len(points) if epoch == 0 else first
-                last = total / len(points)
+            log = train_paper_recipe(parameters, targets, predict_forces, self.settings.paper_recipe())
         finally:
             self.model.eval()
             self.model.requires_grad_(False)
-        return FineTuneReport("paper", len(points), time.perf_counter() - started,
-                              {"epochs": s.epochs, "first_loss": first, "last_loss": last})
+        return FineTuneReport("paper", len(usable), time.perf_counter() - started, log.details())
 
     def reset(self) -> None:
         self.head.load_state_dict(self._pretrained)

@@ -1,0 +1,1 @@
+"""The output files VASP writes during a run: OUTCAR, vasprun.xml, OSZICAR."""
