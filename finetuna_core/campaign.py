@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 SUMMARY = "summary.csv"
 RESULT = "result.json"
@@ -29,19 +29,35 @@ COLUMNS = ("structure", "method", "status", "parent_calls", "scf_iterations", "f
            "wall_seconds", "error")
 
 
-@dataclass
-class RelaxSettings:
-    """What every task of a campaign (or one ``finetuna relax``) does."""
+Method = Literal["learner", "bfgs", "gpmin", "fire"]
+Query = Literal["default", "relax-only", "k-steps", "uncertainty"]
 
-    method: str = "learner"  # learner, bfgs, gpmin, fire
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """What every task of a campaign (or one ``finetuna relax``) does; checked when made."""
+
+    method: Method = "learner"  # the online learner, or the parent alone with an ASE optimizer
     parent: str = "mock"  # mock, vasp, emt, ase:package.module.Class
     model: str = "sevennet"  # sevennet, or fairchem:/path/to/checkpoint.pt
-    query: str = "default"  # default (relax-only + trust radius), relax-only, k-steps, uncertainty
+    query: Query = "default"  # default (trust region and guards), or the paper's relax-only, k-steps, uncertainty
     fmax: float = 0.03
     steps: int = 1000
     max_parent_calls: int | None = None
     vasp_parameters: dict[str, Any] = field(default_factory=dict)
     parent_settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"command": "srun vasp_std"}
+
+    def __post_init__(self) -> None:
+        if self.method not in get_args(Method):
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(get_args(Method))}")
+        if self.query not in get_args(Query):
+            raise ValueError(f"unknown query {self.query!r}: choose one of {', '.join(get_args(Query))}")
+        if self.parent not in ("mock", "vasp", "emt") and not self.parent.startswith("ase:"):
+            raise ValueError(f"unknown parent {self.parent!r}: use mock, vasp, emt or ase:package.module.Class")
+        if self.model != "sevennet" and not self.model.startswith("fairchem:"):
+            raise ValueError(f"unknown model {self.model!r}: use sevennet or fairchem:/path/to/checkpoint.pt")
+        if not self.fmax > 0 or self.steps < 1 or (self.max_parent_calls is not None and self.max_parent_calls < 1):
+            raise ValueError("fmax must be > 0, steps >= 1 and max_parent_calls >= 1 (or None)")
 
 
 def make_surrogate_from(model: str, ensemble: bool = False):

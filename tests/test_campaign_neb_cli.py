@@ -116,3 +116,14 @@ def test_cli_relax_report_and_errors(tmp_path):
     assert "1 converged, 0 not" in campaign.stdout
     report = run_cli("report", str(tmp_path / "c"))
     assert report.returncode == 0 and (tmp_path / "c" / "accuracy_vs_speed.png").stat().st_size > 1000
+
+
+def test_relax_settings_are_checked_when_made():
+    from finetuna_core.campaign import RelaxSettings
+
+    for bad, why in ((dict(method="lbfgs"), "unknown method"), (dict(query="trust"), "unknown query"),
+                     (dict(parent="gaussian"), "unknown parent"), (dict(model="mace"), "unknown model"),
+                     (dict(fmax=0.0), "fmax must be > 0")):
+        with pytest.raises(ValueError, match=why):
+            RelaxSettings(**bad)
+    assert RelaxSettings(parent="ase:ase.calculators.emt.EMT", query="k-steps").query == "k-steps"
