@@ -247,14 +247,18 @@ def _step_limit(atoms: Atoms, learner: OnlineLearner, maxstep: float) -> float:
     return float(min(maxstep, max(left, 0.1 * radius)))
 
 
+def _gain_of_last(points: list[LabelledPoint], patience: int, first: int = 0) -> float:
+    """How much the last ``patience`` points lowered the best energy of ``points[first:]`` before them."""
+    recent = points[first:]
+    return min(p.energy for p in recent[: len(recent) - patience]) - min(p.energy for p in recent)
+
+
 def finish_stalled(points: list[LabelledPoint], finish_from: int, guards: Guards) -> bool:
     """The last ``finish_patience`` finishing calls lowered the best parent energy by less than the gain."""
     patience = guards.finish_patience
     if patience <= 0 or len(points) - finish_from < patience:
         return False
-    best_before = min(p.energy for p in points[: len(points) - patience])
-    best_now = min(p.energy for p in points)
-    return best_before - best_now < guards.finish_min_gain
+    return _gain_of_last(points, patience) < guards.finish_min_gain
 
 
 def progress_stalled(points: list[LabelledPoint], since: int, guards: Guards) -> bool:
@@ -262,9 +266,7 @@ def progress_stalled(points: list[LabelledPoint], since: int, guards: Guards) ->
     patience = guards.progress_patience
     if patience <= 0 or len(points) - since <= patience:
         return False
-    best_before = min(p.energy for p in points[since: len(points) - patience])
-    best_now = min(p.energy for p in points[since:])
-    return best_before - best_now < guards.progress_min_gain
+    return _gain_of_last(points, patience, first=since) < guards.progress_min_gain
 
 
 def found_lower_ground(points: list[LabelledPoint], fmax: float, guards: Guards) -> bool:
