@@ -32,34 +32,45 @@ def _table(rows, columns):
     return "\n".join([head, rule, *body])
 
 
+def _counts(values: dict) -> str:
+    """``{"a": 2, "b": {"c": 1}}`` -> "a 2, c 1" (zeros left out)."""
+    flat = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat += [(f"{key.split('_')[0]} {k}", v) for k, v in value.items()]
+        else:
+            flat.append((key, value))
+    return ", ".join(f"{k} {v}" for k, v in flat if v) or "-"
+
+
 def _per_system(data: dict) -> list[str]:
-    """Per system: the default learner (and the previous default) against CG, and the guards that fired."""
+    """Per system: the default and the segments learner against CG and BFGS, and what their drivers did."""
     rows = []
     for system, runs in data["runs"].items():
         cg = runs.get("vasp-cg")
         if not cg or "error" in cg:
             continue
         row = {"system": system, "cg_calls": cg.get("parent_calls"), "cg_status": cg.get("status")}
-        for method, key in (("learner-default", "new"), ("learner-previous-default", "old"), ("bfgs", "bfgs")):
+        for method, key in (("learner-default", "new"), ("learner-segments", "seg"), ("bfgs", "bfgs")):
             result = runs.get(method)
             if not result or "error" in result:
                 continue
             row[f"{key}_calls"] = result["parent_calls"]
             row[f"{key}_de"] = result["energy"] - cg["energy"]
-        guards = runs.get("learner-default", {}).get("extra", {}).get("guards", {})
-        verdicts = runs.get("learner-default", {}).get("extra", {}).get("trust_verdicts", {})
-        row["fired"] = ", ".join(f"{k} {v}" for k, v in guards.items() if v) or "-"
-        row["trust"] = ", ".join(f"{k} {v}" for k, v in verdicts.items() if k != "first") or "-"
+        for method, key in (("learner-default", "fired"), ("learner-segments", "seg_fired")):
+            row[key] = _counts(runs.get(method, {}).get("extra", {}).get("guards", {}))
         rows.append(row)
-    if not any("new_calls" in r for r in rows):
+    if not any("new_calls" in r or "seg_calls" in r for r in rows):
         return []
-    return ["Per system (ΔE = parent energy of the final point minus CG's, eV; the default learner's guards: "
-            "uphill segments rejected, finishing phase and its parent calls; trust-radius verdicts):", "",
+    return ["Per system (ΔE = parent energy of the final point minus CG's, eV; BFGS = ASE BFGS on the parent "
+            "(on the generated set only where a learner missed); default guards: uphill segments rejected, "
+            "finishing phase and its parent calls, reopened finishes; segments driver: uphill segments "
+            "rejected, finish probes accepted/declined and finishing parent calls, how segments ended):", "",
             _table(rows, [("system", "system"), ("cg_calls", "CG calls"), ("cg_status", "CG"),
                           ("bfgs_calls", "BFGS calls"), ("bfgs_de", "BFGS ΔE"),
-                          ("old_calls", "previous default calls"), ("old_de", "previous ΔE"),
-                          ("new_calls", "default calls"), ("new_de", "default ΔE"), ("fired", "guards fired"),
-                          ("trust", "trust radius")]), ""]
+                          ("new_calls", "default calls"), ("new_de", "default ΔE"),
+                          ("seg_calls", "segments calls"), ("seg_de", "segments ΔE"),
+                          ("fired", "default guards fired"), ("seg_fired", "segments driver")]), ""]
 
 
 def build() -> str:

@@ -30,7 +30,7 @@ COLUMNS = ("structure", "method", "status", "parent_calls", "scf_iterations", "f
 
 
 Method = Literal["learner", "bfgs", "gpmin", "fire"]
-Query = Literal["default", "relax-only", "k-steps", "uncertainty"]
+Query = Literal["default", "segments", "relax-only", "k-steps", "uncertainty"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class RelaxSettings:
     method: Method = "learner"  # the online learner, or the parent alone with an ASE optimizer
     parent: str = "mock"  # mock, vasp, emt, ase:package.module.Class
     model: str = "sevennet"  # sevennet, or fairchem:/path/to/checkpoint.pt
-    query: Query = "default"  # default (trust region and guards), or the paper's relax-only, k-steps, uncertainty
+    # default (trust region and guards), segments, or the paper's relax-only, k-steps, uncertainty
+    query: Query = "default"
     fmax: float = 0.03
     steps: int = 1000
     max_parent_calls: int | None = None
@@ -93,7 +94,7 @@ def relax_structure(atoms, directory: str | os.PathLike, settings: RelaxSettings
             if learner.segment_start is not None:  # resume from the best parent point, not from the start
                 atoms = learner.segment_start.atoms.copy()
             result = relax(atoms, learner, fmax=settings.fmax, steps=settings.steps,
-                           max_parent_calls=settings.max_parent_calls, guards=setup.guards,
+                           max_parent_calls=settings.max_parent_calls, guards=setup.guards, driver=setup.driver,
                            trajectory=str(directory / "relax.traj"), on_step=on_step)
         else:
             from .store import RunStore

@@ -6,8 +6,10 @@ at once and the surrogate is fine-tuned on all parent points before the next cal
 can pause (``VaspInteractive``) is paused while the surrogate predicts and trains.
 
 The learner keeps a trust region (:mod:`finetuna_core.trust`): the segment's start (the newest
-accepted parent point), a radius updated from parent energies after every parent point, and, by
-default, the surrogate's forces matched to the parent's at the start.
+accepted parent point) and a radius updated from parent energies after every parent point. What it
+predicts is a *model* (:mod:`finetuna_core.correction`): by default the refit surrogate matched to
+the parent's forces at the start; the segments learner adds a short-range GP through the parent
+points near it and refits on force *changes* relative to the start, the part the match leaves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from .correction import CorrectionSettings, ModelCorrection, ParentValues, SurrogateValues, near_enough
 from .parents import PausableParent, compute
 from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
@@ -29,6 +32,7 @@ from .trust import TrustRegion, TrustUpdate, update_radius
 DEFAULT_TRUST_RADIUS = 0.5  # Angstrom: the fixed radius of the previous default, kept for named use
 
 StepSource = Literal["surrogate", "parent", "stored"]
+FitTarget = Literal["forces", "changes"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,21 @@ class LearnerSettings:
     # parent computes it: the parent's result is not needed for that part
     overlap_precompute: bool = True
     trust_region: TrustRegion = field(default_factory=TrustRegion)
-    # make the surrogate exact in forces at the segment's start: add the parent-minus-surrogate force
-    # there as a constant force (and the matching linear energy term), the first-order consistency
-    # a trust-region model needs. Off: the paper's learner, which trusts the refit surrogate alone.
-    match_start_forces: bool = True
+    # what the optimizer sees (finetuna_core.correction): the refit surrogate matched to the parent's
+    # forces at the segment's start ("start-match", the default's: the first-order consistency a
+    # trust-region model needs), that plus a local GP ("local-gp", the segments learner's), or the
+    # bare refit surrogate ("none", the paper's learner)
+    correction: CorrectionSettings = field(default_factory=lambda: CorrectionSettings(kind="start-match"))
+    # what the refit fits: forces, or force changes relative to the segment's start ("changes", the
+    # segments learner's: the model's curvature, what the start match leaves; where the surrogate
+    # can, else forces)
+    fit: FitTarget = "forces"
+
+    def __post_init__(self) -> None:
+        if self.fit not in ("forces", "changes"):
+            raise ValueError(f"fit must be 'forces' or 'changes', got {self.fit!r}")
+        if self.offset_window < 1:
+            raise ValueError("offset_window must be >= 1")
 
 
 @dataclass
@@ -75,6 +90,27 @@ def fmax_of(atoms: Atoms, forces: np.ndarray) -> float:
     return float(np.sqrt((adjusted**2).sum(axis=1)).max(initial=0.0))
 
 
+def _parent_values(point: LabelledPoint) -> ParentValues:
+    return ParentValues(point.atoms.positions, point.energy, np.asarray(point.forces))
+
+
+class ModelCalculator(Calculator):
+    """ASE calculator on a learner's model (its :meth:`OnlineLearner.predict`); never calls the parent."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, learner: OnlineLearner):
+        Calculator.__init__(self)
+        self.learner = learner
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):
+        Calculator.calculate(self, atoms, properties, system_changes)
+        self.calls += 1
+        prediction = self.learner.predict(self.atoms)
+        self.results = {"energy": prediction.energy, "free_energy": prediction.energy, "forces": prediction.forces}
+
+
 def largest_move(a: Atoms, b: Atoms) -> float:
     """Largest displacement of a free atom between two structures of the same atoms (Angstrom)."""
     if len(a) != len(b):
@@ -94,9 +130,9 @@ class OnlineLearner(Calculator):
         directory: where parent points and the step log are kept (None: in memory only). A learner
             created on a directory with parent points resumes from them without recomputing any.
 
-    The driver (:func:`finetuna_core.relax.relax`) uses the public surface: :meth:`ask_parent`,
-    :attr:`parent_events`, :attr:`segment_start`, :meth:`reject_newest`, :meth:`point_at` and
-    :attr:`parent_points`.
+    The drivers (:func:`finetuna_core.relax.relax`) use the public surface: :meth:`ask_parent`,
+    :meth:`predict`, :meth:`model_calculator`, :attr:`parent_events`, :attr:`segment_start`,
+    :attr:`trust_radius`, :meth:`reject_newest`, :meth:`point_at` and :attr:`parent_points`.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -122,7 +158,7 @@ class OnlineLearner(Calculator):
         self._start_index: int | None = None  # the segment's start: the newest accepted parent point
         self._previous_start_index: int | None = None
         self._start_prediction: float | None = None  # surrogate energy there, from the current fit
-        self._force_correction: np.ndarray | None = None  # parent - surrogate forces at the segment start
+        self._correction: ModelCorrection | None = None  # the model around the segment start
         self._restored_points = len(self.store.points)  # parent points found on disk at start
         previous = self.store.steps()
         self._step_offset = int(max((entry.get("step", 0) for entry in previous), default=0))
@@ -197,15 +233,17 @@ class OnlineLearner(Calculator):
         return record
 
     def predict(self, atoms: Atoms) -> Prediction:
-        """The surrogate's prediction as the optimizer sees it (with the start-point force match)."""
+        """The model's prediction: the refit surrogate with the correction around the segment start."""
         prediction = self.surrogate.predict(atoms)
-        start = self.segment_start
-        if self._force_correction is None or start is None or len(start.atoms) != len(atoms):
+        correction = self._correction
+        if correction is None or len(correction.free) != len(atoms):
             return prediction
-        correction = self._force_correction
-        energy = prediction.energy - float(np.sum(correction * (atoms.positions - start.atoms.positions)))
-        return Prediction(energy=energy, forces=prediction.forces + correction,
-                          force_spread=prediction.force_spread)
+        energy, forces = correction.apply(atoms.positions, prediction.energy, prediction.forces)
+        return Prediction(energy=energy, forces=forces, force_spread=prediction.force_spread)
+
+    def model_calculator(self) -> ModelCalculator:
+        """An ASE calculator on the model (:meth:`predict`): no parent call, nothing logged."""
+        return ModelCalculator(self)
 
     # ------------------------------------------------------------------ parent helpers
     def _pause_parent(self) -> None:
@@ -273,30 +311,68 @@ class OnlineLearner(Calculator):
         if self._previous_start_index is not None:
             self._start_index = self._previous_start_index
             self._previous_start_index = None
-            self._anchor_at_start()
+            if self._fits_changes:
+                self._train()  # the changes are fitted relative to the start
+            else:
+                self._anchor_at_start()
         return self.segment_start
+
+    @property
+    def _fits_changes(self) -> bool:
+        return self.settings.fit == "changes" and self.surrogate.fits_force_changes
 
     def _train(self) -> FineTuneReport:
         points = self.store.labelled
-        report = self.surrogate.fine_tune(points)
+        start = self.segment_start
+        if self._fits_changes and start is not None:
+            report = self.surrogate.fine_tune_changes(points, start)
+        else:
+            report = self.surrogate.fine_tune(points)
         self.finetune_reports.append(report)
         window = points[-self.settings.offset_window:]
-        raw = [self.surrogate.predict(p.atoms) for p in window]
-        self.offset = float(np.mean([p.energy - r.energy for p, r in zip(window, raw)]))
-        start = self.segment_start
-        known = [r for p, r in zip(window, raw) if p is start]
-        self._anchor_at_start(known[0] if known else None)
+        self.offset = float(np.mean([p.energy - self._surrogate_energy(p.atoms) for p in window]))
+        self._anchor_at_start()
         return report
 
-    def _anchor_at_start(self, raw: Prediction | None = None) -> None:
-        """Surrogate energy (and the force match) at the segment start, from the current fit."""
+    def _surrogate_energy(self, atoms: Atoms) -> float:
+        if self.settings.correction.kind == "local-gp":
+            return self.surrogate.values_at(atoms)[0]
+        return self.surrogate.predict(atoms).energy
+
+    def _surrogate_values(self, atoms: Atoms, free: np.ndarray) -> SurrogateValues:
+        """The current fit's energy and forces at a parent point (only free atoms' forces are filled).
+
+        With the local GP (many points per refit) from what the surrogate cached while fine-tuning
+        (:meth:`Surrogate.values_at`); otherwise from a full prediction, which agrees with it to
+        float32 rounding and keeps the default's path exactly what it was measured with.
+        """
+        if self.settings.correction.kind != "local-gp":
+            prediction = self.surrogate.predict(atoms)
+            return SurrogateValues(prediction.energy, np.asarray(prediction.forces))
+        energy, free_forces = self.surrogate.values_at(atoms)
+        forces = np.zeros((len(atoms), 3))
+        forces[free] = free_forces
+        return SurrogateValues(energy, forces)
+
+    def _anchor_at_start(self) -> None:
+        """The model around the segment start, from the current fit: surrogate energy there and the correction."""
         start = self.segment_start
         if start is None:
             return
-        raw = raw or self.surrogate.predict(start.atoms)
-        self._start_prediction = raw.energy
-        if self.settings.match_start_forces:
-            self._force_correction = np.asarray(start.forces) - raw.forces
+        free = free_atom_mask(start.atoms)
+        at_start = self._surrogate_values(start.atoms, free)
+        self._start_prediction = at_start.energy
+        settings = self.settings.correction
+        origin = _parent_values(start)
+        others = []
+        if settings.kind == "local-gp":
+            start_fmax = fmax_of(start.atoms, np.asarray(start.forces))
+            near = [p for p in self.store.labelled if p is not start and len(p.atoms) == len(start.atoms)
+                    and np.array_equal(free_atom_mask(p.atoms), free)
+                    and near_enough(settings, origin, _parent_values(p), free, start_fmax,
+                                    fmax_of(p.atoms, np.asarray(p.forces)))]
+            others = [(_parent_values(p), self._surrogate_values(p.atoms, free)) for p in near[-(settings.points - 1):]]
+        self._correction = ModelCorrection(settings, free, origin, at_start, others)
 
     # ------------------------------------------------------------------ ASE entry point
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):

@@ -5,15 +5,16 @@ parent points after every parent call (replaying their positions and constrained
 the BFGS update, so no curvature from an older surrogate survives), ends only on a parent-verified
 point and honours a cap on parent calls. Its :class:`Guards` (on by default) reject segments that
 went uphill on the parent and finish tighter than asked, so that a flat shoulder or a near-saddle
-is not taken for a minimum; :func:`learner_setup` names the default learner and the paper's
-variants. Baselines: the parent alone with BFGS, GPMin or FIRE; VASP's own CG (``IBRION = 2``);
-warm start (surrogate alone, then parent + BFGS).
+is not taken for a minimum. ``driver="segments"`` runs the trust-region segments driver
+(:mod:`finetuna_core.trust_driver`) instead. :func:`learner_setup` names the default learner, the
+segments learner and the paper's variants. Baselines: the parent alone with BFGS, GPMin or FIRE;
+VASP's own CG (``IBRION = 2``); warm start (surrogate alone, then parent + BFGS).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,39 +22,29 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, FIRE, GPMin
 
-from .learner import LearnerSettings, OnlineLearner, constrained, fmax_of, largest_move
+from .correction import CorrectionSettings
+from .hessian import curvature_is_positive, rebuild_bfgs_hessian
+from .learner import LearnerSettings, OnlineLearner, fmax_of, largest_move
 from .parents import compute
 from .query import AnyRule, PolicyName, make_policy
+from .result import RelaxResult, RelaxStatus, best_converged, scf_total
 from .surrogates.base import LabelledPoint, Surrogate
+from .trust_driver import TrustDriverSettings, relax_trust_region
+
+__all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "CountingCalculator", "Driver",
+           "Guards", "LearnerSetup", "RelaxResult", "RelaxStatus", "curvature_is_positive", "learner_setup",
+           "rebuild_bfgs_hessian", "relax", "relax_parent_only", "relax_vasp_cg", "relax_warm_start"]
 
 OPTIMIZERS = {"bfgs": BFGS, "fire": FIRE, "gpmin": GPMin}
 
-RelaxStatus = Literal["converged", "max-steps", "parent-budget", "time-cap"]
+# "optimizer": an ASE optimizer on the learner (the default's and the paper's); "segments": the
+# trust-region segments driver (finetuna_core.trust_driver)
+Driver = Literal["optimizer", "segments"]
 
-
-@dataclass
-class RelaxResult:
-    """The outcome of one relaxation, comparable across methods."""
-
-    method: str
-    status: RelaxStatus
-    parent_calls: int  # DFT calls
-    force_calls: int
-    energy: float  # parent energy of the final point
-    fmax: float  # parent fmax (free atoms) of the final point
-    seconds: float
-    atoms: Atoms | None = None
-    scf_iterations: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def converged(self) -> bool:
-        return self.status == "converged"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "atoms"}
-        data["converged"] = self.converged
-        return data
+# the paper's learner: the refit surrogate alone (no start match), fitted on forces
+PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces")
+# the segments learner: the start match plus the local GP, the refit fitting force changes
+SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes")
 
 
 class CountingCalculator(Calculator):
@@ -89,51 +80,6 @@ class CountingCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if self.store is not None:
             self.store.add(LabelledPoint(self.atoms, energy, forces), "parent-only optimizer", seconds_parent=seconds)
-
-
-def rebuild_bfgs_hessian(optimizer: BFGS, points: list[LabelledPoint]) -> None:
-    """Start the BFGS Hessian afresh and replay the parent points through the update.
-
-    Positions and *constrained* forces (as the optimizer sees them) are used, in the order the
-    points were computed; the optimizer's reference point becomes the newest parent point.
-    """
-    if not points:
-        return
-    ndofs = 3 * len(points[0].atoms)
-    # a fresh H0: ASE's BFGS updates the Hessian in place, and its first Hessian *is* H0
-    optimizer.H0 = np.eye(ndofs) * getattr(optimizer, "alpha", 70.0)
-    if hasattr(optimizer, "state"):
-        optimizer.state = None
-    else:  # older ASE
-        optimizer.H = None
-    previous = None
-    for point in points:
-        position = point.atoms.positions.ravel().copy()
-        forces = constrained(point.atoms, np.asarray(point.forces)).ravel()
-        if previous is None:
-            optimizer.update(position, forces, position, forces)
-        elif curvature_is_positive(position - previous[0], forces - previous[1]):
-            optimizer.update(position, forces, *previous)
-        previous = (position, forces)
-    optimizer.pos0, optimizer.forces0 = previous
-
-
-def curvature_is_positive(step: np.ndarray, force_change: np.ndarray) -> bool:
-    """BFGS's curvature condition for one pair of points: the forces fell along the step.
-
-    ASE's BFGS applies every update; a pair with the forces *rising* along the step (a concave
-    stretch, or two points that differ by noise) makes its Hessian indefinite there, and the steps
-    that follow are dominated by that spurious direction. The replay leaves such pairs out.
-    """
-    curvature = -float(step @ force_change)
-    return curvature > 1e-6 * float(np.linalg.norm(step) * np.linalg.norm(force_change))
-
-
-def _scf_total(parent: Calculator) -> int | None:
-    steps = getattr(parent, "steps", None)
-    if steps is None:
-        return None
-    return int(sum(getattr(s, "scf_iterations", 0) for s in steps))
 
 
 @dataclass(frozen=True)
@@ -199,25 +145,31 @@ PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radiu
 
 @dataclass(frozen=True)
 class LearnerSetup:
-    """Everything that makes one named learner variant: query policy, learner knobs, driver guards."""
+    """Everything that makes one named learner variant: query policy, learner knobs, driver and its guards."""
 
     policy: AnyRule
     settings: LearnerSettings
     guards: Guards
+    driver: Driver = "optimizer"
 
 
-def learner_setup(query: Literal["default"] | PolicyName = "default", fmax: float = 0.03,
+def learner_setup(query: Literal["default", "segments"] | PolicyName = "default", fmax: float = 0.03,
                   **policy_options: Any) -> LearnerSetup:
-    """The default learner (``"default"`` or ``"trust-region"``) or one of the paper's by name.
+    """The default learner (``"default"`` or ``"trust-region"``), the segments learner or one of the paper's.
 
     The default: adaptive trust region with a stall guard, forces matched at each segment's start,
-    uphill segments rejected, a tight finish. The paper's ``"relax-only"``, ``"k-steps"`` and
-    ``"uncertainty"`` run as published: no force matching, no guards.
+    uphill segments rejected, a tight finish. ``"segments"``: the trust-region segments driver on
+    the start-matched, GP-corrected model (fewer parent calls, less accurate on floppy systems;
+    see the README). The paper's ``"relax-only"``, ``"k-steps"`` and ``"uncertainty"`` run as
+    published: no force matching, no guards. Pass the setup's ``guards`` and ``driver`` to
+    :func:`relax`.
     """
     if query in ("default", "trust-region"):
         return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), LearnerSettings(), Guards())
-    return LearnerSetup(make_policy(query, fmax=fmax, **policy_options), LearnerSettings(match_start_forces=False),
-                        PAPER_DRIVER)
+    if query == "segments":
+        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), SEGMENTS_SETTINGS, Guards(),
+                            "segments")
+    return LearnerSetup(make_policy(query, fmax=fmax, **policy_options), PAPER_SETTINGS, PAPER_DRIVER)
 
 
 def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: LabelledPoint | None,
@@ -280,25 +232,29 @@ def found_lower_ground(points: list[LabelledPoint], fmax: float, guards: Guards)
     lowest = min(points, key=lambda p: p.energy)
     if fmax_of(lowest.atoms, np.asarray(lowest.forces)) < fmax:
         return False
-    best = _best_converged(points, fmax)
+    best = best_converged(points, fmax)
     return best is None or lowest.energy < best.energy - guards.reopen_margin
-
-
-def _best_converged(points: list[LabelledPoint], fmax: float) -> LabelledPoint | None:
-    below = [p for p in points if fmax_of(p.atoms, np.asarray(p.forces)) < fmax]
-    return min(below, key=lambda p: p.energy) if below else None
 
 
 def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: str | type = "bfgs",
           maxstep: float = 0.2, steps: int = 1000, max_parent_calls: int | None = None,
           rebuild_hessian: bool = True, trajectory: str | None = None, logfile: str | None = None,
-          on_step=None, guards: Guards | None = None) -> RelaxResult:
+          on_step=None, guards: Guards | None = None, driver: Driver = "optimizer",
+          segments: TrustDriverSettings | None = None) -> RelaxResult:
     """Relax ``atoms`` with the online learner; see the module docstring and :class:`Guards`.
 
     ``steps`` caps the optimizer's steps (surrogate and parent calls together). The result is the
     lowest parent point with parent fmax below ``fmax`` (else the lowest parent point); its
-    ``extra["guards"]`` counts how often each guard fired.
+    ``extra["guards"]`` counts how often each guard fired. ``driver="segments"`` hands the run to
+    :func:`~finetuna_core.trust_driver.relax_trust_region` (with ``segments`` as its settings;
+    ``steps`` then caps the model steps of all segments, and optimizer, maxstep, rebuild_hessian,
+    logfile and guards do not apply).
     """
+    if driver == "segments":
+        return relax_trust_region(atoms, learner, fmax=fmax, max_parent_calls=max_parent_calls, steps=steps,
+                                  settings=segments, trajectory=trajectory, on_step=on_step)
+    if driver != "optimizer":
+        raise ValueError(f"unknown driver {driver!r}: choose 'optimizer' or 'segments'")
     guards = guards or Guards()
     started = time.perf_counter()
     cls = OPTIMIZERS[optimizer.lower()] if isinstance(optimizer, str) else optimizer
@@ -378,7 +334,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     finally:
         learner.verify_fmax = None
     points = learner.parent_points
-    final = _best_converged(points, fmax)
+    final = best_converged(points, fmax)
     if final is None:
         status = "max-steps" if status == "converged" else status
         final = min(points, key=lambda p: p.energy) if points else None
@@ -393,7 +349,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
         fmax=fmax_of(final.atoms, np.asarray(final.forces)) if final else float("nan"),
         seconds=time.perf_counter() - started,
         atoms=final.atoms.copy() if final else None,
-        scf_iterations=_scf_total(learner.parent),
+        scf_iterations=scf_total(learner.parent),
         extra={**learner.summary(), "optimizer_steps": opt.nsteps, "guards": fired},
     )
 
@@ -431,7 +387,7 @@ def relax_parent_only(atoms: Atoms, parent: Calculator, fmax: float = 0.03, opti
         fmax=fmax_of(atoms, forces),
         seconds=time.perf_counter() - started,
         atoms=atoms.copy(),
-        scf_iterations=_scf_total(parent),
+        scf_iterations=scf_total(parent),
         extra={"reused_points": counter.reused},
     )
 

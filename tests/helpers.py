@@ -23,6 +23,15 @@ def co_on_cu(size=(2, 2, 3), vacuum=6.0) -> Atoms:
     return slab
 
 
+def co_on_copper() -> Atoms:
+    """CO on Cu(111) 2x2x3, bottom layer fixed, rattled 0.05 A (seed 1): issue 10's new-user case."""
+    slab = fcc111("Cu", (2, 2, 3), vacuum=7.0)
+    add_adsorbate(slab, molecule("CO"), 1.9, "fcc")
+    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
+    slab.rattle(0.05, seed=1)
+    return slab
+
+
 def write_inputs(directory: Path, atoms: Atoms, settings: dict | None = None, **incar) -> Path:
     """INCAR/POSCAR/KPOINTS/POTCAR through ASE's own input writer, plus mock_vasp.json."""
     from ase.calculators.vasp.create_input import GenerateVaspInput
@@ -184,3 +193,73 @@ def wait_for(predicate, seconds: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+class AnalyticParent:
+    """An ASE calculator whose energy is ``energy(positions)`` (a Python function of the (N, 3) positions).
+
+    ``calls`` counts its force calls. Forces by central differences (step 1e-5 A), so any smooth
+    landscape can be written as one expression.
+    """
+
+    def __new__(cls, energy):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        class _Analytic(Calculator):
+            implemented_properties = ["energy", "free_energy", "forces"]
+            calls = 0
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                Calculator.calculate(self, atoms, properties, system_changes)
+                type(self).calls += 1
+                self.results = analytic_results(energy, self.atoms.positions)
+
+        return _Analytic()
+
+
+def analytic_results(energy, positions: np.ndarray) -> dict:
+    """Energy and central-difference forces of ``energy`` at ``positions``."""
+    positions = np.asarray(positions, dtype=float)
+    forces = np.zeros_like(positions)
+    step = 1e-5
+    for index in np.ndindex(positions.shape):
+        up, down = positions.copy(), positions.copy()
+        up[index] += step
+        down[index] -= step
+        forces[index] = -(energy(up) - energy(down)) / (2 * step)
+    value = float(energy(positions))
+    return {"energy": value, "free_energy": value, "forces": forces}
+
+
+class AnalyticSurrogate:
+    """A surrogate that never learns, predicting ``energy(positions)`` (see :class:`AnalyticParent`)."""
+
+    def __new__(cls, energy):
+        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+
+        class _Analytic(Surrogate):
+            def predict(self, atoms):
+                results = analytic_results(energy, atoms.positions)
+                return Prediction(energy=results["energy"], forces=results["forces"])
+
+            def fine_tune(self, points):
+                return FineTuneReport("none", len(points), 0.0)
+
+            def reset(self):
+                pass
+
+            def save(self, path):
+                raise NotImplementedError
+
+            @classmethod
+            def load(cls, path):
+                raise NotImplementedError
+
+        return _Analytic()
+
+
+def lone_atom(x: float = 0.0) -> Atoms:
+    """One free atom at (x, 0, 0) beside a fixed one far away (the toy landscapes use the first atom)."""
+    atoms = Atoms("HHe", positions=[(x, 0.0, 0.0), (0.0, 0.0, 8.0)], cell=[20, 20, 20], pbc=False)
+    atoms.set_constraint(FixAtoms(indices=[1]))
+    return atoms

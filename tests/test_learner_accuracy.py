@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ase.build import add_adsorbate, fcc111, molecule
+from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
-from helpers import BiasedEMT
+from helpers import BiasedEMT, co_on_copper
 
 from finetuna_core.learner import OnlineLearner
 from finetuna_core.relax import relax, relax_parent_only
 
 pytest.importorskip("sevenn", reason="the SevenNet surrogate needs the 'ml' extra")
-
-
-def co_on_copper():
-    slab = fcc111("Cu", (2, 2, 3), vacuum=7.0)
-    add_adsorbate(slab, molecule("CO"), 1.9, "fcc")
-    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
-    slab.rattle(0.05, seed=1)
-    return slab
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +64,7 @@ def test_shared_system_on_stand_in_dft_ends_at_the_bfgs_minimum(shared, surrogat
 
 
 def test_uphill_segments_are_rejected_and_the_run_returns_to_the_best_point():
+    from finetuna_core.correction import CorrectionSettings
     from finetuna_core.learner import LearnerSettings
     from finetuna_core.relax import learner_setup
 
@@ -81,7 +74,7 @@ def test_uphill_segments_are_rejected_and_the_run_returns_to_the_best_point():
     setup = learner_setup()
     # forces not matched at the start, so the bias keeps pulling the adsorbate uphill
     learner = OnlineLearner(EMT(), BiasedEMT(np.array([0.8, 0.0, 0.0])), setup.policy,
-                            settings=LearnerSettings(match_start_forces=False))
+                            settings=LearnerSettings(correction=CorrectionSettings(kind="none")))
     result = relax(slab, learner, fmax=0.03, max_parent_calls=10, guards=setup.guards)
     assert result.status == "parent-budget"
     assert result.extra["guards"]["rejected_uphill"] >= 1

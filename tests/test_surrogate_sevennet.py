@@ -301,3 +301,48 @@ def test_bad_inputs_give_clear_errors(model: SevenNetSurrogate) -> None:
     pred = model.predict(Atoms("H2O", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]]))
     assert pred.forces.shape == (3, 3) and np.isfinite(pred.energy)
     assert "sevennet" in available_surrogates()
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_fitting_force_changes_improves_the_start_matched_model(model: SevenNetSurrogate, frames) -> None:
+    """The learner's model is force-matched at its start; what is left is how forces change away from
+    it. Fitting those changes on nearby points predicts later frames better than the pre-trained head."""
+    n = len(frames)
+    n_pool = n - max(1, round(0.2 * n))
+    reference = LabelledPoint.from_atoms(frames[n_pool - 1])
+    nearby = [LabelledPoint.from_atoms(frames[i]) for i in range(n_pool - 6, n_pool - 1)]
+    test = frames[n_pool:]
+    free = free_atom_mask(reference.atoms)
+
+    def matched_error() -> float:
+        offset = reference.forces[free] - model.predict(reference.atoms).forces[free]
+        return float(np.mean([np.abs(model.predict(a).forces[free] + offset
+                                     - a.get_forces(apply_constraint=False)[free]).mean() for a in test]))
+
+    before = matched_error()
+    assert model.fits_force_changes
+    report = model.fine_tune_changes(nearby + [reference], reference)
+    assert report.details["fitted"] == "force changes" and report.details["reference_changes"] == 5
+    assert report.details["train_mae_after"] < report.details["train_mae_before"]
+    assert matched_error() < before
+    alone = model.fine_tune_changes([reference], reference)  # nothing to difference: the forces are fitted
+    assert alone.n_points == 1 and "fitted" not in alone.details
+    paper = SevenNetSurrogate(method="paper")
+    assert not paper.fits_force_changes
+    with pytest.raises(NotImplementedError, match="ridge"):
+        paper.fine_tune_changes([reference], reference)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_values_at_fitted_points_agree_with_predict(model: SevenNetSurrogate, split, frames) -> None:
+    points, _ = split
+    model.fine_tune(points)
+    for atoms in (points[1].atoms, frames[-1]):  # a fitted point (cached) and a new one
+        free = free_atom_mask(atoms)
+        energy, forces = model.values_at(atoms)
+        predicted = model.predict(atoms)
+        assert energy == pytest.approx(predicted.energy, abs=2e-4)
+        assert forces.shape == (int(free.sum()), 3)
+        assert np.allclose(forces, predicted.forces[free], atol=2e-4)

@@ -127,7 +127,12 @@ class FineTuneReport:
 
 
 class Surrogate(ABC):
-    """A fine-tunable machine-learned potential used by the online learner."""
+    """A fine-tunable machine-learned potential used by the online learner.
+
+    Optional abilities, with defaults here: :meth:`fine_tune_changes` where
+    :attr:`fits_force_changes` is true, and :meth:`values_at`, which backends may answer from what
+    they cached while fine-tuning.
+    """
 
     name: str = "surrogate"
 
@@ -138,6 +143,29 @@ class Surrogate(ABC):
     @abstractmethod
     def fine_tune(self, points: Sequence[LabelledPoint]) -> FineTuneReport:
         """Fine-tune on ``points``: the learner passes ALL its parent points, oldest first."""
+
+    @property
+    def fits_force_changes(self) -> bool:
+        """Whether :meth:`fine_tune_changes` is available (it is not by default)."""
+        return False
+
+    def fine_tune_changes(self, points: Sequence[LabelledPoint], reference: LabelledPoint) -> FineTuneReport:
+        """Fine-tune on the force *changes* ``F(p) - F(reference)`` of every other point.
+
+        What a model that is already force-matched at ``reference`` still gets wrong is how the
+        forces change away from it (its curvature); this fit spends the surrogate's freedom on
+        that. Only backends with :attr:`fits_force_changes` implement it.
+        """
+        raise NotImplementedError(f"the {self.name} surrogate cannot fit force changes")
+
+    def values_at(self, atoms: Atoms) -> tuple[float, np.ndarray]:
+        """Energy and the forces on the free atoms (n_free, 3) under the current fit.
+
+        Meant for parent points the surrogate was fine-tuned on, where a backend may answer
+        from cached data without running the model; the default runs :meth:`predict`.
+        """
+        prediction = self.predict(atoms)
+        return prediction.energy, np.asarray(prediction.forces)[free_atom_mask(atoms)]
 
     @abstractmethod
     def reset(self) -> None:

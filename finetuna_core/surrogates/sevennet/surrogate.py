@@ -87,6 +87,7 @@ class SevenNetSurrogate(Surrogate):
         self.w0 = self.network.effective_head()
         self._deviations: np.ndarray | None = None  # (K, n_features) ensemble offsets from w
         self._jacobian_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._feature_cache: OrderedDict[str, tuple[np.ndarray, float]] = OrderedDict()
         self.last_report: FineTuneReport | None = None
         self.reset()
 
@@ -163,15 +164,43 @@ class SevenNetSurrogate(Surrogate):
         return jac
 
     def precompute(self, points: Sequence[LabelledPoint | Atoms]) -> float:
-        """Fill the Jacobian cache for ``points`` ahead of :meth:`fine_tune`; returns seconds.
+        """Fill the Jacobian and feature caches for ``points`` ahead of :meth:`fine_tune`; returns seconds.
 
         The learner may call this while the parent computes, so the next fine-tune only
         solves the small regression.
         """
         start = time.perf_counter()
         for point in points:
-            self.jacobian(point.atoms if isinstance(point, LabelledPoint) else point)
+            atoms = point.atoms if isinstance(point, LabelledPoint) else point
+            self.jacobian(atoms)
+            self._features(atoms)
         return time.perf_counter() - start
+
+    def _features(self, atoms: Atoms) -> tuple[np.ndarray, float]:
+        """``S`` and the constant ``c`` with ``E = S . w + c`` (one forward pass, cached per structure)."""
+        key = _structure_key(atoms, free_atom_mask(atoms), "features")
+        hit = self._feature_cache.get(key)
+        if hit is not None:
+            self._feature_cache.move_to_end(key)
+            return hit
+        graph = self.network.graph(atoms)
+        with torch.no_grad():
+            h, atom_type = self.network.node_features(graph, graph.edge_vec(graph.pos))
+            energy = float(self.network.atomic_energies(h, atom_type).sum().item())
+            total = self.network.feature_sum(h, atom_type).double().cpu().numpy()
+        found = (total, energy - float(total @ self.effective_head()))
+        self._feature_cache[key] = found
+        while len(self._feature_cache) > self.settings.cache_size:
+            self._feature_cache.popitem(last=False)
+        return found
+
+    def values_at(self, atoms: Atoms) -> tuple[float, np.ndarray]:
+        """Energy and free-atom forces of the current head from the cached ``S`` and ``J`` (a model run
+        only for what is not cached): milliseconds at a point the surrogate was fine-tuned on."""
+        total, constant = self._features(atoms)
+        w = self.effective_head()
+        jac = self.jacobian(atoms)
+        return float(total @ w + constant), -(jac.T @ w).reshape(-1, 3)
 
     def _linear_point(self, point: LabelledPoint) -> ridge.LinearForcePoint:
         free = np.flatnonzero(point.free_mask)
@@ -180,9 +209,8 @@ class SevenNetSurrogate(Surrogate):
 
     # ----------------------------------------------------------------- fine-tuning
 
-    def fine_tune(self, points: Sequence[LabelledPoint]) -> FineTuneReport:
-        """Fine-tune on ALL ``points`` (oldest first) with ``settings.method``."""
-        start = time.perf_counter()
+    @staticmethod
+    def _usable(points: Sequence[LabelledPoint]) -> list[LabelledPoint]:
         points = list(points)
         if not points:
             raise ValueError("fine_tune needs at least one LabelledPoint")
@@ -192,21 +220,57 @@ class SevenNetSurrogate(Surrogate):
         usable = [p for p in points if p.free_mask.any()]
         if not usable:
             raise ValueError("no point has free atoms: nothing to fit")
+        return usable
 
-        s = self.settings
-        ridge_settings = s.ridge_settings()
+    def fine_tune(self, points: Sequence[LabelledPoint]) -> FineTuneReport:
+        """Fine-tune on ALL ``points`` (oldest first) with ``settings.method``."""
+        start = time.perf_counter()
+        usable = self._usable(points)
         t_jac = time.perf_counter()
         n_cached = len(self._jacobian_cache)
         data = [self._linear_point(p) for p in usable]
         details: dict[str, Any] = {
             "seconds_jacobian": time.perf_counter() - t_jac,
             "new_jacobians": max(0, len(self._jacobian_cache) - n_cached),
-            "skipped_points_without_free_atoms": len(points) - len(usable),
-            "train_mae_before": ridge.train_mae(data, self.effective_head()),
+            "skipped_points_without_free_atoms": len(list(points)) - len(usable),
         }
+        return self._fit(usable, data, details, start, self.settings.method)
+
+    @property
+    def fits_force_changes(self) -> bool:
+        """The ridge refit can fit force changes; the paper's recipe fits forces only."""
+        return self.settings.method == "ridge"
+
+    def fine_tune_changes(self, points: Sequence[LabelledPoint], reference: LabelledPoint) -> FineTuneReport:
+        """Ridge refit of the head on ``F(p) - F(reference)`` over every other point with the same free atoms.
+
+        With no such point it fits the reference's forces (:meth:`fine_tune` on it alone).
+        """
+        if not self.fits_force_changes:
+            raise NotImplementedError("force changes are fitted by the ridge refit only (method='ridge')")
+        start = time.perf_counter()
+        usable = self._usable(points)
+        base = self._linear_point(reference)
+        mask = reference.free_mask
+        others = [p for p in usable if p is not reference and np.array_equal(p.free_mask, mask)]
+        if not others:
+            return self.fine_tune([reference])
+        data = []
+        for point in others:
+            linear = self._linear_point(point)
+            data.append(ridge.LinearForcePoint(linear.design - base.design, linear.target - base.target))
+        details: dict[str, Any] = {"fitted": "force changes", "reference_changes": len(data)}
+        return self._fit(others, data, details, start, "ridge")
+
+    def _fit(self, usable: Sequence[LabelledPoint], data: Sequence[ridge.LinearForcePoint], details: dict[str, Any],
+             start: float, method: str) -> FineTuneReport:
+        """Fit the head on the linear ``data`` (forces or force changes) and report."""
+        s = self.settings
+        ridge_settings = s.ridge_settings()
+        details["train_mae_before"] = ridge.train_mae(data, self.effective_head())
         weights = ridge.point_weights(data, ridge_settings)
         fit: ridge.RidgeFit | None = None
-        if s.method == "ridge":
+        if method == "ridge":
             fit = ridge.fit_ridge(data, weights, self.w0, ridge_settings)
             self.set_effective_head(fit.weights)
             details.update(fit.details())
@@ -220,7 +284,7 @@ class SevenNetSurrogate(Surrogate):
             self._deviations = ridge.bootstrap_deviations(data, weights, self.w0, lam, self.ensemble_size, s.seed)
             details["ensemble_lambda_abs"] = float(lam)
         details["train_mae_after"] = ridge.train_mae(data, self.effective_head())
-        report = FineTuneReport(method=s.method, n_points=len(usable), seconds=time.perf_counter() - start,
+        report = FineTuneReport(method=method, n_points=len(usable), seconds=time.perf_counter() - start,
                                 details=details)
         self.last_report = report
         return report
