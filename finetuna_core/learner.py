@@ -330,14 +330,11 @@ class OnlineLearner(Calculator):
             report = self.surrogate.fine_tune(points)
         self.finetune_reports.append(report)
         window = points[-self.settings.offset_window:]
-        self.offset = float(np.mean([p.energy - self._surrogate_energy(p.atoms) for p in window]))
-        self._anchor_at_start()
+        values = [self._surrogate_values(p.atoms, free_atom_mask(p.atoms)) for p in window]
+        self.offset = float(np.mean([p.energy - v.energy for p, v in zip(window, values)]))
+        at_start = [v for p, v in zip(window, values) if p is start]  # the start is usually the newest point
+        self._anchor_at_start(at_start[0] if at_start else None)
         return report
-
-    def _surrogate_energy(self, atoms: Atoms) -> float:
-        if self.settings.correction.kind == "local-gp":
-            return self.surrogate.values_at(atoms)[0]
-        return self.surrogate.predict(atoms).energy
 
     def _surrogate_values(self, atoms: Atoms, free: np.ndarray) -> SurrogateValues:
         """The current fit's energy and forces at a parent point (only free atoms' forces are filled).
@@ -354,13 +351,16 @@ class OnlineLearner(Calculator):
         forces[free] = free_forces
         return SurrogateValues(energy, forces)
 
-    def _anchor_at_start(self) -> None:
-        """The model around the segment start, from the current fit: surrogate energy there and the correction."""
+    def _anchor_at_start(self, at_start: SurrogateValues | None = None) -> None:
+        """The model around the segment start, from the current fit: surrogate energy there and the correction.
+
+        ``at_start``: the current fit's values at the start, when the caller has them already.
+        """
         start = self.segment_start
         if start is None:
             return
         free = free_atom_mask(start.atoms)
-        at_start = self._surrogate_values(start.atoms, free)
+        at_start = at_start or self._surrogate_values(start.atoms, free)
         self._start_prediction = at_start.energy
         settings = self.settings.correction
         origin = _parent_values(start)

@@ -111,37 +111,45 @@ class RawVasp:
         return self.process.returncode
 
 
+def fixed_surrogate(predict):
+    """A surrogate that never learns: ``predict(atoms) -> (energy, forces)`` under every fit."""
+    from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+
+    class _Fixed(Surrogate):
+        def predict(self, atoms):
+            energy, forces = predict(atoms)
+            return Prediction(energy=energy, forces=forces)
+
+        def fine_tune(self, points):
+            return FineTuneReport("none", len(points), 0.0)
+
+        def reset(self):
+            pass
+
+        def save(self, path):
+            raise NotImplementedError
+
+        @classmethod
+        def load(cls, path):
+            raise NotImplementedError
+
+    return _Fixed()
+
+
 class BiasedEMT:
     """A surrogate that never learns: EMT plus a constant force on the adsorbate (eV/A)."""
 
     def __new__(cls, bias):
-        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+        from ase.calculators.emt import EMT
 
-        class _Biased(Surrogate):
-            def predict(self, atoms):
-                work = atoms.copy()
-                from ase.calculators.emt import EMT
+        def predict(atoms):
+            work = atoms.copy()
+            work.calc = EMT()
+            forces = work.get_forces(apply_constraint=False)
+            forces[-1] += bias
+            return work.get_potential_energy() - float(np.dot(bias, atoms.positions[-1])), forces
 
-                work.calc = EMT()
-                forces = work.get_forces(apply_constraint=False)
-                forces[-1] += bias
-                energy = work.get_potential_energy() - float(np.dot(bias, atoms.positions[-1]))
-                return Prediction(energy=energy, forces=forces)
-
-            def fine_tune(self, points):
-                return FineTuneReport("none", len(points), 0.0)
-
-            def reset(self):
-                pass
-
-            def save(self, path):
-                raise NotImplementedError
-
-            @classmethod
-            def load(cls, path):
-                raise NotImplementedError
-
-        return _Biased()
+        return fixed_surrogate(predict)
 
 
 def al_diffusion():
@@ -235,27 +243,11 @@ class AnalyticSurrogate:
     """A surrogate that never learns, predicting ``energy(positions)`` (see :class:`AnalyticParent`)."""
 
     def __new__(cls, energy):
-        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+        def predict(atoms):
+            results = analytic_results(energy, atoms.positions)
+            return results["energy"], results["forces"]
 
-        class _Analytic(Surrogate):
-            def predict(self, atoms):
-                results = analytic_results(energy, atoms.positions)
-                return Prediction(energy=results["energy"], forces=results["forces"])
-
-            def fine_tune(self, points):
-                return FineTuneReport("none", len(points), 0.0)
-
-            def reset(self):
-                pass
-
-            def save(self, path):
-                raise NotImplementedError
-
-            @classmethod
-            def load(cls, path):
-                raise NotImplementedError
-
-        return _Analytic()
+        return fixed_surrogate(predict)
 
 
 def lone_atom(x: float = 0.0) -> Atoms:
