@@ -2,13 +2,13 @@
 
 Methods: VASP's own CG (the fake with ``IBRION = 2``), ASE BFGS and GPMin on the parent, warm start
 (pre-trained surrogate alone, then parent + BFGS), the online learner with the paper's relax-only,
-K-steps (k = 100) and uncertainty (5 ridge heads, 0.05 eV/A) querying, an early default
-(relax-only plus a fixed 0.5 A trust radius), the default learner (adaptive trust region with a
+K-steps (k = 100) and uncertainty (5 ridge heads, 0.05 eV/A) querying, ``learner-fixed-radius`` (the
+default until 2026-12: relax-only plus a fixed 0.5 A trust radius), the default learner (adaptive trust region with a
 stall guard, forces matched at each segment's start, uphill rejection, tight finish) and the
 segments learner (trust-region segments on the refit surrogate force-matched at each start and
 corrected by a local GP, the refit fitting force changes, uphill segments rejected, a
-model-checked finish; ``finetuna_core.trust_driver``). ``learner-default-previous`` in the
-results files is an earlier session's default (kept, not rerun). Metrics as in finetuna-facts
+model-checked finish; ``finetuna_core.trust_driver``). ``vasp-cg-previous`` in the results
+files is the fake's CG before its line search was fixed (kept, not rerun). Metrics as in finetuna-facts
 section 3 (DFT calls relative to CG, mean and pooled; accuracy = parent fmax <= 0.03 eV/A and
 E <= E_CG + 0.02 eV).
 
@@ -47,7 +47,7 @@ SEGMENTS_MODEL_STEPS = 20000  # model steps of the segments driver (all segments
 # this much wall time and is reported as time-capped, left out of the ratios.
 GPMIN_MAX_SECONDS = 600.0
 ALL_METHODS = ("vasp-cg", "bfgs", "gpmin", "warm-start", "learner-relax-only", "learner-k-steps",
-               "learner-uncertainty", "learner-previous-default", "learner-default", "learner-segments")
+               "learner-uncertainty", "learner-fixed-radius", "learner-default", "learner-segments")
 STAND_IN = {"backend": "ase:sevenn.calculator.SevenNetCalculator",
             "backend_options": {"model": "7net-l3i5", "device": "cpu"}}
 
@@ -201,7 +201,7 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
         policy = method.removeprefix("learner-")
         surrogate = surrogates["ensemble" if policy == "uncertainty" else "single"]
         surrogate.reset()
-        if policy == "previous-default":  # the default until 2026-12: relax-only + a fixed 0.5 A radius
+        if policy == "fixed-radius":  # the default until 2026-12: relax-only + a fixed 0.5 A radius
             setup = learner_setup("relax-only", fmax=FMAX, trust_radius=DEFAULT_TRUST_RADIUS)
         else:  # ours ("default") or the paper's variants as published
             setup = learner_setup(policy, fmax=FMAX, k=100, threshold=0.05)
