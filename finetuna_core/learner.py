@@ -90,6 +90,11 @@ def fmax_of(atoms: Atoms, forces: np.ndarray) -> float:
     return float(np.sqrt((adjusted**2).sum(axis=1)).max(initial=0.0))
 
 
+def point_fmax(point: LabelledPoint) -> float:
+    """Parent fmax of a point over its free atoms (constraints applied)."""
+    return fmax_of(point.atoms, np.asarray(point.forces))
+
+
 def _parent_values(point: LabelledPoint) -> ParentValues:
     return ParentValues(point.atoms.positions, point.energy, np.asarray(point.forces))
 
@@ -366,11 +371,10 @@ class OnlineLearner(Calculator):
         origin = _parent_values(start)
         others = []
         if settings.kind == "local-gp":
-            start_fmax = fmax_of(start.atoms, np.asarray(start.forces))
+            start_fmax = point_fmax(start)
             near = [p for p in self.store.labelled if p is not start and len(p.atoms) == len(start.atoms)
                     and np.array_equal(free_atom_mask(p.atoms), free)
-                    and near_enough(settings, origin, _parent_values(p), free, start_fmax,
-                                    fmax_of(p.atoms, np.asarray(p.forces)))]
+                    and near_enough(settings, origin, _parent_values(p), free, start_fmax, point_fmax(p))]
             others = [(_parent_values(p), self._surrogate_values(p.atoms, free)) for p in near[-(settings.points - 1):]]
         self._correction = ModelCorrection(settings, free, origin, at_start, others)
 

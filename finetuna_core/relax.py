@@ -24,7 +24,7 @@ from ase.optimize import BFGS, FIRE, GPMin
 
 from .correction import CorrectionSettings
 from .hessian import curvature_is_positive, rebuild_bfgs_hessian
-from .learner import LearnerSettings, OnlineLearner, fmax_of, largest_move
+from .learner import LearnerSettings, OnlineLearner, fmax_of, largest_move, point_fmax
 from .parents import compute
 from .query import AnyRule, PolicyName, make_policy
 from .result import RelaxResult, RelaxStatus, best_converged, scf_total
@@ -230,7 +230,7 @@ def found_lower_ground(points: list[LabelledPoint], fmax: float, guards: Guards)
     if not points:
         return False
     lowest = min(points, key=lambda p: p.energy)
-    if fmax_of(lowest.atoms, np.asarray(lowest.forces)) < fmax:
+    if point_fmax(lowest) < fmax:
         return False
     best = best_converged(points, fmax)
     return best is None or lowest.energy < best.energy - guards.reopen_margin
@@ -346,7 +346,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
         parent_calls=learner.parent_call_count,
         force_calls=len(learner.records),
         energy=final.energy if final else float("nan"),
-        fmax=fmax_of(final.atoms, np.asarray(final.forces)) if final else float("nan"),
+        fmax=point_fmax(final) if final else float("nan"),
         seconds=time.perf_counter() - started,
         atoms=final.atoms.copy() if final else None,
         scf_iterations=scf_total(learner.parent),

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from .learner import fmax_of
+from .learner import point_fmax
 from .surrogates.base import LabelledPoint
 
 # "stalled": the trust-region driver's model could not move from its start (see trust_driver)
@@ -39,11 +38,6 @@ class RelaxResult:
         data = {k: v for k, v in self.__dict__.items() if k != "atoms"}
         data["converged"] = self.converged
         return data
-
-
-def point_fmax(point: LabelledPoint) -> float:
-    """Parent fmax of a point over its free atoms (constraints applied)."""
-    return fmax_of(point.atoms, np.asarray(point.forces))
 
 
 def best_converged(points: list[LabelledPoint], fmax: float) -> LabelledPoint | None:

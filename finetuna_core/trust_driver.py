@@ -34,8 +34,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.optimize import BFGS
 
 from .hessian import rebuild_bfgs_hessian
-from .learner import OnlineLearner, constrained, largest_move
-from .result import RelaxResult, RelaxStatus, best_converged, point_fmax, scf_total
+from .learner import OnlineLearner, constrained, largest_move, point_fmax
+from .result import RelaxResult, RelaxStatus, best_converged, scf_total
 from .surrogates.base import LabelledPoint, free_atom_mask
 
 Boundary = Literal["slide", "stop"]
