@@ -300,7 +300,8 @@ class OnlineLearner(Calculator):
             update = update_radius(self.settings.trust_region, self.trust_radius, None, None, 0.0)
         else:
             update = update_radius(self.settings.trust_region, self.trust_radius, energy - start.energy,
-                                   prediction.energy - self._start_prediction, largest_move(atoms, start.atoms))
+                                   prediction.energy - self._start_prediction, largest_move(atoms, start.atoms),
+                                   start_fmax=point_fmax(start), new_fmax=point_fmax(self.store.labelled[-1]))
         self.trust_radius = update.radius
         self.trust_updates.append(update)
         self._previous_start_index = self._start_index

@@ -29,6 +29,7 @@ from .parents import compute
 from .query import AnyRule, PolicyName, make_policy
 from .result import RelaxResult, RelaxStatus, best_converged, scf_total
 from .surrogates.base import LabelledPoint, Surrogate
+from .trust import TrustRegion
 from .trust_driver import TrustDriverSettings, relax_trust_region
 
 __all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "CountingCalculator", "Driver",
@@ -44,7 +45,9 @@ Driver = Literal["optimizer", "segments"]
 # the paper's learner: the refit surrogate alone (no start match), fitted on forces
 PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces")
 # the segments learner: the start match plus the local GP, the refit fitting force changes
-SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes")
+# not-better rejections cost the segments driver calls (CO/Cu(111) 41 -> 50): its probes judge the end
+SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes",
+                                    trust_region=TrustRegion(reject_worse_forces=False))
 
 
 class CountingCalculator(Calculator):
@@ -86,9 +89,11 @@ class CountingCalculator(Calculator):
 class Guards:
     """The default driver's checks on top of the optimizer (``PAPER_DRIVER`` switches them off).
 
-    * ``reject_uphill``: a parent point above the segment's start is rejected: the optimizer goes
-      back to the start, with the Hessian rebuilt from every parent point (the rejected one
-      included), and the learner's trust radius shrinks;
+    * ``reject_uphill``: a parent point the learner's trust rule rejects (more than the uphill
+      tolerance above the segment's start, or above it at all with a larger parent fmax; see
+      :mod:`finetuna_core.trust`) is abandoned: the optimizer goes back to the start, with the
+      Hessian rebuilt from every parent point (the rejected one included), and the learner's trust
+      radius shrinks;
     * ``tight_finish``: a run does not end on the first parent point below ``fmax``. Points with
       parent forces of 0.01-0.03 eV/A are often not minima: a flat shoulder, or a near-symmetric
       saddle where BFGS on the parent would have drifted off. From there the learner relaxes on

@@ -9,10 +9,12 @@ from, with the surrogate that drove the segment (before it was refit on the new 
 energies decide; the surrogate's own energy scale never does (its absolute energies after a
 forces-only refit can be far off, its energy *differences* along a short path follow its forces).
 
-* the parent energy rose: the segment is rejected (the driver returns to the best point) and the
-  radius shrinks to half the length of the rejected segment, not below ``minimum`` unless the
-  rejected point itself was closer than that (then to half its distance: the next segment must
-  end short of it);
+* the parent energy rose by more than ``uphill_tolerance``, or rose at all while the parent fmax
+  rose too (worse on both counts: accepting such a point lets a run shuttle between two points
+  inside the tolerance for ever): the segment is rejected (the driver returns to the best point)
+  and the radius shrinks to half the length of the rejected segment, not below ``minimum`` unless
+  the rejected point itself was closer than that (then to half its distance: the next segment
+  must end short of it);
 * rho < ``shrink_below``: the surrogate promised much more than the parent delivered: shrink;
 * rho > ``grow_above`` and the segment was stopped by the radius: the surrogate is trusted
   further: grow (up to ``maximum``);
@@ -45,6 +47,8 @@ class TrustRegion:
     # after a rejection closer than ``minimum`` the radius goes below it, to half that distance (the
     # parent's well is that narrow there: the next segment must end short of the rejected point)
     rejection_floor: float = 0.005
+    # reject a point above the start (within the uphill tolerance) whose parent fmax rose too
+    reject_worse_forces: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.rejection_floor <= self.minimum:
@@ -70,17 +74,24 @@ class TrustUpdate:
 
 
 def update_radius(settings: TrustRegion, radius: float, parent_change: float | None,
-                  predicted_change: float | None, segment_length: float) -> TrustUpdate:
+                  predicted_change: float | None, segment_length: float,
+                  start_fmax: float | None = None, new_fmax: float | None = None) -> TrustUpdate:
     """The radius after a parent point (see the module docstring).
 
     ``parent_change``/``predicted_change`` are None for the first parent point of a run;
-    ``segment_length`` is the largest free-atom move from the segment's start.
+    ``segment_length`` is the largest free-atom move from the segment's start; ``start_fmax`` and
+    ``new_fmax`` are the parent fmax at the segment's start and at the new point (when given, a
+    point above the start within the uphill tolerance is rejected if its fmax is larger too).
     """
     if parent_change is None or predicted_change is None:
         return TrustUpdate("first", radius, None, parent_change, predicted_change)
-    if parent_change > settings.uphill_tolerance:
+    not_better = (settings.reject_worse_forces and parent_change > 0 and start_fmax is not None
+                  and new_fmax is not None and new_fmax > start_fmax)
+    if parent_change > settings.uphill_tolerance or not_better:
         shrunk = max(settings.minimum, settings.shrink_factor * min(radius, segment_length))
-        if shrunk >= segment_length:  # the minimum would let the next segment end where this one did
+        # The minimum would let the next segment end where this one did. A segment stopped by the
+        # radius has a length equal to it up to rounding, hence the tolerance.
+        if shrunk >= (1.0 - 1e-6) * segment_length:
             shrunk = max(settings.rejection_floor, settings.shrink_factor * segment_length)
         return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change)
     if abs(predicted_change) < settings.energy_noise and abs(parent_change) < settings.energy_noise:

@@ -35,6 +35,63 @@ def test_a_rejection_close_to_the_start_goes_below_the_minimum_radius():
     assert beyond.radius == SETTINGS.minimum
 
 
+@pytest.mark.parametrize("relative_error", [-1e-12, 0.0, 1e-12])
+def test_a_rejected_segment_stopped_by_the_minimum_radius_shrinks_it_whatever_the_rounding(relative_error):
+    """A segment the 0.05 A radius stopped is 0.05 A long up to rounding: the next one must be shorter."""
+    length = SETTINGS.minimum * (1.0 + relative_error)
+    update = update_radius(SETTINGS, SETTINGS.minimum, parent_change=0.02, predicted_change=-0.02,
+                           segment_length=length)
+    assert update.verdict == "rejected" and update.radius == pytest.approx(0.5 * length)
+
+
+def test_a_point_within_the_uphill_tolerance_is_rejected_only_if_its_forces_are_worse_too():
+    """+0.6 meV and fmax 0.039 -> 0.098: worse on both counts, rejected (a run otherwise shuttles back)."""
+    worse = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
+                          start_fmax=0.039, new_fmax=0.098)
+    assert worse.verdict == "rejected" and worse.radius == pytest.approx(0.007)
+    flatter = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
+                            start_fmax=0.098, new_fmax=0.039)
+    assert flatter.verdict == "keep" and flatter.radius == 0.014
+    lower = update_radius(SETTINGS, 0.014, parent_change=-6e-4, predicted_change=-8e-4, segment_length=0.014,
+                          start_fmax=0.039, new_fmax=0.098)
+    assert lower.verdict == "keep"
+    unknown = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014)
+    assert unknown.verdict == "keep"
+
+
+def test_the_default_driver_leaves_a_two_point_loop_inside_the_uphill_tolerance():
+    """A parent well 4 eV/A^2 stiff, a surrogate a little under half as stiff: matched to the parent's
+    forces at x = 0.02 A the model's minimum is the mirror point a little further out, 0.2 meV higher
+    with larger forces. Accepting it lets the run shuttle across the well (the rule off: the parent
+    budget goes without converging); rejecting it brings the next segment inside."""
+    from dataclasses import replace
+
+    from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.relax import learner_setup, relax
+
+    def parent(positions):
+        return 2.0 * float(np.sum(positions[0] ** 2))
+
+    def surrogate(positions):
+        return 0.5 * (4.0 / 2.1) * float(np.sum((positions[0] - np.array([0.3, 0.0, 0.0])) ** 2))
+
+    def run(reject_worse_forces):
+        setup = learner_setup()
+        trust_region = replace(setup.settings.trust_region, reject_worse_forces=reject_worse_forces)
+        learner = OnlineLearner(AnalyticParent(parent), AnalyticSurrogate(surrogate), setup.policy,
+                                settings=replace(setup.settings, trust_region=trust_region))
+        result = relax(lone_atom(0.02), learner, fmax=0.03, steps=300, max_parent_calls=15, guards=setup.guards)
+        return result, [update.verdict for update in learner.trust_updates]
+
+    result, verdicts = run(True)
+    assert result.converged and result.fmax < 0.03 and result.parent_calls <= 5
+    assert "rejected" in verdicts
+    looping, _ = run(False)
+    assert not looping.converged and looping.parent_calls == 15
+
+
 def test_ratio_decides_between_shrink_keep_and_grow():
     shrink = update_radius(SETTINGS, 0.2, parent_change=-0.01, predicted_change=-0.2, segment_length=0.2)
     assert shrink.verdict == "shrink" and shrink.radius == pytest.approx(0.1) and shrink.ratio == pytest.approx(0.05)
