@@ -38,10 +38,9 @@ def structures(directory: Path, count: int) -> dict[str, str]:
 
 
 def empty_task_roundtrip(workers: int) -> float:
-    from distributed import Client, LocalCluster
+    from finetuna_core.campaign import local_client
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with local_client(workers) as client:
         client.submit(sum, [1]).result()
         times = []
         for index in range(30):

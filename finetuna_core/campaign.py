@@ -16,9 +16,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -178,14 +181,26 @@ def read_summary(directory: Path) -> dict[str, dict[str, Any]]:
         return {row["structure"]: row for row in csv.DictReader(handle)}
 
 
-def _client(cluster: Any, workers: int | None):
+@contextmanager
+def local_client(workers: int | None = None) -> Iterator[Any]:
+    """A Dask client on a LocalCluster of ``workers`` single-threaded processes (default: one per core).
+
+    Dask's default scratch root (``<tmp>/dask-scratch-space``, made by the scheduler and each worker)
+    outlives the cluster; this one has a private root that is removed with it.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
-    if cluster is None:
-        workers = workers or max(1, os.cpu_count() or 1)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(cluster), None
+    workers = workers or max(1, os.cpu_count() or 1)
+    scratch = tempfile.mkdtemp(prefix="finetuna-dask-")
+    try:
+        with dask.config.set({"temporary-directory": scratch}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   local_directory=scratch)
+        with cluster, Client(cluster) as client:
+            yield client
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_campaign(structures: dict[str, str], directory: str | os.PathLike, settings: RelaxSettings,
@@ -196,7 +211,7 @@ def run_campaign(structures: dict[str, str], directory: str | os.PathLike, setti
     ``cluster``: None (a LocalCluster with ``workers`` processes), a Dask cluster object, or a
     scheduler address. Finished structures (a ``result.json`` with status converged) are skipped.
     """
-    from distributed import as_completed
+    from distributed import Client, as_completed
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,8 +228,7 @@ def run_campaign(structures: dict[str, str], directory: str | os.PathLike, setti
     (directory / "campaign.json").write_text(json.dumps(asdict(settings), default=str, indent=1))
     if not todo:
         return rows
-    client, owned = _client(cluster, workers)
-    try:
+    with local_client(workers) if cluster is None else Client(cluster) as client:
         plain = asdict(settings)
         futures = [client.submit(campaign_task, name, str(path), str(directory / name), plain, key=f"relax-{name}",
                                  pure=False) for name, path in todo.items()]
@@ -224,10 +238,6 @@ def run_campaign(structures: dict[str, str], directory: str | os.PathLike, setti
             write_summary(directory, rows)
             if on_result is not None:
                 on_result(row)
-    finally:
-        client.close()
-        if owned is not None:
-            owned.close()
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ FINETUNA = str(Path(sys.executable).parent / "finetuna")
 
 
 @pytest.mark.slow
-def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path):
+def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"  # the temporary directory of this process and its children
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     structures = write_structures(tmp_path / "inputs", 4)
     campaign = tmp_path / "campaign"
     crashing = campaign / "C_Ag" / "parent"
@@ -47,6 +52,7 @@ def test_campaign_survives_a_crash_and_resumes_without_recomputing(tmp_path):
     BFGS(reference, logfile=None).run(fmax=0.03)
     assert float(rows["C_Ag"]["final_energy"]) == pytest.approx(
         reference.get_potential_energy() + 0.5 * 0.05 * len(reference) * 0.2**2, abs=1e-4)
+    assert sorted(p.name for p in scratch.iterdir()) == []  # Dask's scratch space went with its cluster
 
 
 @pytest.mark.slow
