@@ -241,6 +241,8 @@ def test_campaign_on_dask_jobqueue_slurmcluster_survives_a_kill(tmp_path, slurm_
 
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    # the driver's SLURMCluster scheduler keeps its Dask scratch root in TMPDIR: not /tmp's
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     structures = write_structures(tmp_path / "inputs", 4)
     campaign = tmp_path / "campaign"
     crashing = campaign / "C_Ag" / "parent"
