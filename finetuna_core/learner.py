@@ -222,9 +222,10 @@ class OnlineLearner(Calculator):
         energy, forces, seconds = self._call_parent(atoms)
         self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds, step=step)
         energy_error = float(prediction.energy + self.offset - energy)  # the fit (and offset) that predicted it
-        update = self._update_trust(atoms, energy, prediction)
+        parent_fmax = fmax_of(atoms, forces)
+        update = self._update_trust(atoms, energy, parent_fmax, prediction)
         report = self._train()
-        record = StepRecord(step, "parent", energy, fmax_of(atoms, forces), reason, seconds_predict=seconds_predict,
+        record = StepRecord(step, "parent", energy, parent_fmax, reason, seconds_predict=seconds_predict,
                             seconds_parent=seconds, seconds_finetune=report.seconds,
                             surrogate_fmax=fmax_of(atoms, prediction.forces))
         error = np.abs(prediction.forces - forces)[free_atom_mask(atoms)]
@@ -292,7 +293,7 @@ class OnlineLearner(Calculator):
         return thread
 
     # ------------------------------------------------------------------ trust region and training
-    def _update_trust(self, atoms: Atoms, energy: float, prediction: Prediction) -> TrustUpdate:
+    def _update_trust(self, atoms: Atoms, energy: float, parent_fmax: float, prediction: Prediction) -> TrustUpdate:
         """Radius after the newest point (already stored), which becomes the segment's start."""
         start = self.segment_start
         newest = len(self.store.points) - 1
@@ -301,7 +302,7 @@ class OnlineLearner(Calculator):
         else:
             update = update_radius(self.settings.trust_region, self.trust_radius, energy - start.energy,
                                    prediction.energy - self._start_prediction, largest_move(atoms, start.atoms),
-                                   start_fmax=point_fmax(start), new_fmax=point_fmax(self.store.labelled[-1]))
+                                   start_fmax=point_fmax(start), new_fmax=parent_fmax)
         self.trust_radius = update.radius
         self.trust_updates.append(update)
         self._previous_start_index = self._start_index
