@@ -47,7 +47,12 @@ SEGMENTS_MODEL_STEPS = 20000  # model steps of the segments driver (all segments
 # this much wall time and is reported as time-capped, left out of the ratios.
 GPMIN_MAX_SECONDS = 600.0
 ALL_METHODS = ("vasp-cg", "bfgs", "gpmin", "warm-start", "learner-relax-only", "learner-k-steps",
-               "learner-uncertainty", "learner-fixed-radius", "learner-default", "learner-segments")
+               "learner-uncertainty", "learner-fixed-radius", "learner-default", "learner-segments",
+               "learner-default-exact-prior")
+# The default learner whose prior is the stand-in DFT's own model: a perfect prior, so its calls are
+# what the driver itself needs (its floor), apart from the prior's errors. Not a method for real DFT;
+# only on the sets whose parent is a SevenNet stand-in.
+EXACT_PRIOR = "learner-default-exact-prior"
 STAND_IN = {"backend": "ase:sevenn.calculator.SevenNetCalculator",
             "backend_options": {"model": "7net-l3i5", "device": "cpu"}}
 
@@ -180,6 +185,32 @@ def kpoints_for(atoms) -> tuple[int, int, int]:
     return max(1, round(40 / a)), max(1, round(40 / b)), 1
 
 
+def exact_prior_model(settings: dict) -> str | None:
+    """The SevenNet model the parent computes with (the stand-in DFT), or None for other parents."""
+    if settings.get("backend") != STAND_IN["backend"]:
+        return None
+    return settings.get("backend_options", {}).get("model")
+
+
+def applicable(method: str, settings: dict) -> bool:
+    """Whether ``method`` can run on a set with this parent (the exact prior needs a SevenNet stand-in)."""
+    return method != EXACT_PRIOR or exact_prior_model(settings) is not None
+
+
+def surrogate_for(method: str, policy: str, settings: dict, surrogates: dict):
+    """The surrogate a learner method starts from (the exact prior's is built once and kept in ``surrogates``)."""
+    if method == EXACT_PRIOR:
+        from finetuna_core.surrogates import make_surrogate
+
+        model = exact_prior_model(settings)
+        if model is None:
+            raise ValueError(f"{EXACT_PRIOR} needs a parent running a SevenNet model, not {settings}")
+        if f"exact:{model}" not in surrogates:
+            surrogates[f"exact:{model}"] = make_surrogate("sevennet", model=model)
+        return surrogates[f"exact:{model}"]
+    return surrogates["ensemble" if policy == "uncertainty" else "single"]
+
+
 def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: dict) -> dict:
     from finetuna_core.learner import DEFAULT_TRUST_RADIUS, OnlineLearner
     from finetuna_core.relax import learner_setup, relax, relax_parent_only, relax_vasp_cg, relax_warm_start
@@ -198,8 +229,8 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
         if method == "warm-start":
             surrogates["single"].reset()
             return relax_warm_start(atoms, surrogates["single"], parent, fmax=FMAX, steps=400).to_dict()
-        policy = method.removeprefix("learner-")
-        surrogate = surrogates["ensemble" if policy == "uncertainty" else "single"]
+        policy = "default" if method == EXACT_PRIOR else method.removeprefix("learner-")
+        surrogate = surrogate_for(method, policy, settings, surrogates)
         surrogate.reset()
         if policy == "fixed-radius":  # the default until 2026-12: relax-only + a fixed 0.5 A radius
             setup = learner_setup("relax-only", fmax=FMAX, trust_radius=DEFAULT_TRUST_RADIUS)
@@ -283,6 +314,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     from finetuna_core.metrics import score_all
 
     out = RESULTS / f"relaxation_{label}.json"
+    methods = tuple(m for m in methods if applicable(m, settings))
     previous = json.loads(out.read_text()) if out.exists() and not fresh else {}
     runs = previous.get("runs", {})  # finished (system, method) runs are kept whatever is asked now
     done = sum(all(m in runs.get(name, {}) for m in methods) for name in systems)

@@ -76,6 +76,11 @@ class StepRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def rejection_counter(extra: dict[str, Any]) -> str:
+    """The drivers' guard counter for a rejected parent point, from its record's ``extra``."""
+    return "rejected_not_better" if extra.get("trust_rejection") == "not-better" else "rejected_uphill"
+
+
 def constrained(atoms: Atoms, forces: np.ndarray) -> np.ndarray:
     """Forces as the optimizer sees them: every constraint's ``adjust_forces`` applied."""
     adjusted = np.array(forces, dtype=float, copy=True)
@@ -233,6 +238,8 @@ class OnlineLearner(Calculator):
         record.extra["surrogate_energy_error"] = energy_error
         record.extra.update(trust_verdict=update.verdict, trust_radius=update.radius, trust_ratio=update.ratio,
                             parent_change=update.parent_change, predicted_change=update.predicted_change)
+        if update.rejection is not None:
+            record.extra["trust_rejection"] = update.rejection
         if report.details:
             record.extra["finetune_lambda"] = report.details.get("lambda_rel")  # ridge strength, relative
         self._after_point(atoms, energy, forces, record)

@@ -24,7 +24,7 @@ from ase.optimize import BFGS, FIRE, GPMin
 
 from .correction import CorrectionSettings
 from .hessian import curvature_is_positive, rebuild_bfgs_hessian
-from .learner import LearnerSettings, OnlineLearner, fmax_of, largest_move, point_fmax
+from .learner import LearnerSettings, OnlineLearner, fmax_of, largest_move, point_fmax, rejection_counter
 from .parents import compute
 from .query import AnyRule, PolicyName, make_policy
 from .result import RelaxResult, RelaxStatus, best_converged, scf_total
@@ -268,8 +268,8 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     opt = cls(atoms, logfile=logfile, trajectory=trajectory, **kwargs)
     seen_events = learner.parent_events
     status: RelaxStatus = "max-steps"
-    fired = {"rejected_uphill": 0, "finish_phase": 0, "finish_parent_calls": 0, "verify_convergence": 0,
-             "hessian_restart": 0, "finish_reopened": 0}
+    fired = {"rejected_uphill": 0, "rejected_not_better": 0, "finish_phase": 0, "finish_parent_calls": 0,
+             "verify_convergence": 0, "hessian_restart": 0, "finish_reopened": 0}
     finish_calls_before = 0  # finishing calls of earlier (reopened) finishing phases
     target = fmax
     finish_from: int | None = None  # parent points when the finishing phase began
@@ -285,7 +285,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                     seen_events = learner.parent_events
                     if (guards.reject_uphill and last is not None and last.source == "parent"
                             and last.extra.get("trust_verdict") == "rejected"):
-                        fired["rejected_uphill"] += 1
+                        fired[rejection_counter(last.extra)] += 1
                         _resume_from(atoms, opt, learner, learner.reject_newest(), rebuild_hessian, hessian_from)
                         restart = True
                     else:

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Verdict = Literal["first", "rejected", "shrink", "grow", "keep"]
+# why a point was rejected: more than the uphill tolerance above the start, or above it within the
+# tolerance with a larger parent fmax
+Rejection = Literal["uphill", "not-better"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class TrustUpdate:
     ratio: float | None  # rho, where both changes were above the noise
     parent_change: float | None  # parent energy change from the segment's start (eV)
     predicted_change: float | None  # surrogate-predicted change over the same segment (eV)
+    rejection: Rejection | None = None  # why, for a "rejected" verdict
 
 
 def update_radius(settings: TrustRegion, radius: float, parent_change: float | None,
@@ -93,7 +97,8 @@ def update_radius(settings: TrustRegion, radius: float, parent_change: float | N
         # radius has a length equal to it up to rounding, hence the tolerance.
         if shrunk >= (1.0 - 1e-6) * segment_length:
             shrunk = max(settings.rejection_floor, settings.shrink_factor * segment_length)
-        return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change)
+        rejection: Rejection = "uphill" if parent_change > settings.uphill_tolerance else "not-better"
+        return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change, rejection)
     if abs(predicted_change) < settings.energy_noise and abs(parent_change) < settings.energy_noise:
         return TrustUpdate("keep", radius, None, parent_change, predicted_change)
     if predicted_change >= 0:  # the surrogate predicted no descent but the parent went down

@@ -34,7 +34,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.optimize import BFGS
 
 from .hessian import rebuild_bfgs_hessian
-from .learner import OnlineLearner, constrained, largest_move, point_fmax
+from .learner import OnlineLearner, constrained, largest_move, point_fmax, rejection_counter
 from .result import RelaxResult, RelaxStatus, best_converged, scf_total
 from .surrogates.base import LabelledPoint, free_atom_mask
 
@@ -170,8 +170,8 @@ def relax_trust_region(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03,
     """
     settings = settings or TrustDriverSettings()
     started = time.perf_counter()
-    fired = {"rejected_uphill": 0, "probe_accepted": 0, "probe_declined": 0, "finish_parent_calls": 0,
-             "segment_ends": {}}
+    fired = {"rejected_uphill": 0, "rejected_not_better": 0, "probe_accepted": 0, "probe_declined": 0,
+             "finish_parent_calls": 0, "segment_ends": {}}
     writer = None
     if trajectory is not None:
         from ase.io import Trajectory
@@ -238,7 +238,7 @@ def relax_trust_region(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03,
             fired["finish_parent_calls"] += int(finishing)
             rejected = entry.extra.get("trust_verdict") == "rejected"
             if rejected:
-                fired["rejected_uphill"] += 1
+                fired[rejection_counter(entry.extra)] += 1
                 learner.reject_newest()
             accepted(not rejected)
             if finishing and learner.segment_start.energy > finish_from - settings.finish_gain:

@@ -1,4 +1,4 @@
-"""Benchmark plumbing: a killed benchmark cleans up like an interrupted one."""
+"""Benchmark plumbing: a killed benchmark cleans up like an interrupted one; which methods run where."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +30,17 @@ def test_sigterm_removes_the_run_directory(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert not run_dir.exists()
+
+
+def test_the_exact_prior_runs_only_where_the_parent_is_a_sevennet_stand_in() -> None:
+    from benchmarks.relaxation_methods import EXACT_PRIOR, STAND_IN, applicable, surrogate_for
+
+    emt = {"backend": "emt"}
+    assert applicable(EXACT_PRIOR, STAND_IN) and not applicable(EXACT_PRIOR, emt)
+    assert applicable("learner-default", emt)
+    with pytest.raises(ValueError, match="SevenNet"):
+        surrogate_for(EXACT_PRIOR, "default", emt, {})
+    surrogates: dict = {}
+    exact = surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates)
+    assert exact.settings.model == STAND_IN["backend_options"]["model"] == "7net-l3i5"
+    assert surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates) is exact  # built once

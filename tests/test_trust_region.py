@@ -20,7 +20,7 @@ def test_first_point_keeps_the_radius():
 
 def test_uphill_rejects_and_shrinks_below_the_rejected_segment():
     update = update_radius(SETTINGS, 0.4, parent_change=0.05, predicted_change=-0.2, segment_length=0.3)
-    assert update.verdict == "rejected"
+    assert update.verdict == "rejected" and update.rejection == "uphill"
     assert update.radius == pytest.approx(0.15)  # half of the segment that went uphill, not of the radius
 
 
@@ -48,10 +48,10 @@ def test_a_point_within_the_uphill_tolerance_is_rejected_only_if_its_forces_are_
     """+0.6 meV and fmax 0.039 -> 0.098: worse on both counts, rejected (a run otherwise shuttles back)."""
     worse = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
                           start_fmax=0.039, new_fmax=0.098)
-    assert worse.verdict == "rejected" and worse.radius == pytest.approx(0.007)
+    assert worse.verdict == "rejected" and worse.rejection == "not-better" and worse.radius == pytest.approx(0.007)
     flatter = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
                             start_fmax=0.098, new_fmax=0.039)
-    assert flatter.verdict == "keep" and flatter.radius == 0.014
+    assert flatter.verdict == "keep" and flatter.radius == 0.014 and flatter.rejection is None
     lower = update_radius(SETTINGS, 0.014, parent_change=-6e-4, predicted_change=-8e-4, segment_length=0.014,
                           start_fmax=0.039, new_fmax=0.098)
     assert lower.verdict == "keep"
@@ -88,6 +88,8 @@ def test_the_default_driver_leaves_a_two_point_loop_inside_the_uphill_tolerance(
     result, verdicts = run(True)
     assert result.converged and result.fmax < 0.03 and result.parent_calls <= 5
     assert "rejected" in verdicts
+    # counted apart from uphill rejections: this one is within the tolerance
+    assert result.extra["guards"]["rejected_not_better"] >= 1 and result.extra["guards"]["rejected_uphill"] == 0
     looping, _ = run(False)
     assert not looping.converged and looping.parent_calls == 15
 
