@@ -50,6 +50,17 @@ def _counts(values: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in flat if v) or "-"
 
 
+def _guards(result: dict) -> dict:
+    """The default's guard counts; its runs from before not-better rejections were counted apart say so.
+
+    (The segments learner never rejects a point for being not better: its counts need no such label.)
+    """
+    guards = dict(result.get("extra", {}).get("guards", {}))
+    if "rejected_uphill" in guards and "rejected_not_better" not in guards:
+        guards = {("rejected_uphill_or_not_better" if k == "rejected_uphill" else k): v for k, v in guards.items()}
+    return guards
+
+
 def _per_system(data: dict) -> list[str]:
     """Per system: the default and the segments learner against CG and BFGS, and what their drivers did."""
     rows = []
@@ -66,11 +77,13 @@ def _per_system(data: dict) -> list[str]:
             row[f"{key}_calls"] = result["parent_calls"]
             row[f"{key}_de"] = result["energy"] - cg["energy"]
         for method, key in (("learner-default", "fired"), ("learner-segments", "seg_fired")):
-            row[key] = _counts(runs.get(method, {}).get("extra", {}).get("guards", {}))
+            row[key] = _counts(_guards(runs.get(method, {})) if method == "learner-default"
+                               else runs.get(method, {}).get("extra", {}).get("guards", {}))
         rows.append(row)
     if not any("new_calls" in r or "seg_calls" in r for r in rows):
         return []
-    exact = [("exact_calls", "exact-prior calls")] if any("exact_calls" in r for r in rows) else []
+    exact = ([("exact_calls", "exact-prior calls"), ("exact_de", "exact-prior ΔE")]
+             if any("exact_calls" in r for r in rows) else [])
     return ["Per system (ΔE = parent energy of the final point minus CG's, eV; BFGS = ASE BFGS on the parent "
             "(on the generated set only where a learner missed); default guards: uphill segments rejected, "
             "points within the uphill tolerance but with larger parent forces rejected (not better), "

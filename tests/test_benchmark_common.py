@@ -44,3 +44,12 @@ def test_the_exact_prior_runs_only_where_the_parent_is_a_sevennet_stand_in() -> 
     exact = surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates)
     assert exact.settings.model == STAND_IN["backend_options"]["model"] == "7net-l3i5"
     assert surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates) is exact  # built once
+
+
+def test_default_rows_from_before_the_split_say_their_rejections_are_mixed() -> None:
+    from benchmarks.report import _guards
+
+    old = {"extra": {"guards": {"rejected_uphill": 4, "finish_phase": 1}}}
+    assert _guards(old) == {"rejected_uphill_or_not_better": 4, "finish_phase": 1}
+    new = {"extra": {"guards": {"rejected_uphill": 4, "rejected_not_better": 2, "finish_phase": 1}}}
+    assert _guards(new) == new["extra"]["guards"]
