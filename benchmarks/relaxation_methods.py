@@ -7,7 +7,9 @@ default until 2026-12: relax-only plus a fixed 0.5 A trust radius), the default 
 stall guard, forces matched at each segment's start, uphill rejection, tight finish) and the
 segments learner (trust-region segments on the refit surrogate force-matched at each start and
 corrected by a local GP, the refit fitting force changes, uphill segments rejected, a
-model-checked finish; ``finetuna_core.trust_driver``). ``vasp-cg-previous`` in the results
+model-checked finish; ``finetuna_core.trust_driver``), and ``learner-default-exact-prior``, a
+measurement rather than a method: the default learner with the stand-in DFT's own model as its
+prior (stand-in sets only), whose calls are the driver's floor. ``vasp-cg-previous`` in the results
 files is the fake's CG before its line search was fixed (kept, not rerun). Metrics as in finetuna-facts
 section 3 (DFT calls relative to CG, mean and pooled; accuracy = parent fmax <= 0.03 eV/A and
 E <= E_CG + 0.02 eV).
