@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 from benchmarks.common import RESULTS
+from benchmarks.relaxation_methods import EXACT_PRIOR, STAND_IN
 
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-EXACT_PRIOR_NOTE = (" `learner-default-exact-prior` is not a method: the default learner whose prior is the "
-                    "stand-in DFT's own model (7net-l3i5), so the prior is exact before any fine-tuning. Its calls "
-                    "are what the default driver itself needs (initial point, the trust radius growing from 0.2 A, "
-                    "the verification and the tight finish): the floor that no better prior can go below with "
-                    "this driver.")
+EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whose prior is the stand-in DFT's "
+                    f"own model ({STAND_IN['backend_options']['model']}), so the prior is exact before any "
+                    "fine-tuning. Its calls are what the default driver itself needs (the first point, the trust "
+                    "radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard calls, the verification "
+                    "and the tight finish): the floor that no better prior can go below with this driver.")
 
 
 def _load(name):
@@ -70,7 +71,7 @@ def _per_system(data: dict) -> list[str]:
             continue
         row = {"system": system, "cg_calls": cg.get("parent_calls"), "cg_status": cg.get("status")}
         for method, key in (("learner-default", "new"), ("learner-segments", "seg"), ("bfgs", "bfgs"),
-                            ("learner-default-exact-prior", "exact")):
+                            (EXACT_PRIOR, "exact")):
             result = runs.get(method)
             if not result or "error" in result:
                 continue
@@ -131,7 +132,7 @@ def build() -> str:
                 "Each method is scored on the systems it ran on (column `systems`). ASE's GPMin refits a Gaussian "
                 "process over all points at every step, so its cost grows steeply with steps and atoms; a GPMin "
                 "run stops after 600 s and is then left out of the ratios and accuracy (column `time-capped`)."
-                + (EXACT_PRIOR_NOTE if any("learner-default-exact-prior" in r for r in data["runs"].values()) else ""),
+                + (EXACT_PRIOR_NOTE if any(EXACT_PRIOR in r for r in data["runs"].values()) else ""),
                 "", _table(data["scores"], [("method", "method"), ("systems", "systems"), ("ratio_mean", "calls/CG"),
                                             ("ratio_sem", "sem"), ("ratio_pooled", "pooled"),
                                             ("accuracy", "accuracy"), ("time_capped", "time-capped"),

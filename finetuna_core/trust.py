@@ -91,14 +91,15 @@ def update_radius(settings: TrustRegion, radius: float, parent_change: float | N
         return TrustUpdate("first", radius, None, parent_change, predicted_change)
     not_better = (settings.reject_worse_forces and parent_change > 0 and start_fmax is not None
                   and new_fmax is not None and new_fmax > start_fmax)
-    if parent_change > settings.uphill_tolerance or not_better:
+    uphill = parent_change > settings.uphill_tolerance
+    if uphill or not_better:
         shrunk = max(settings.minimum, settings.shrink_factor * min(radius, segment_length))
         # The minimum would let the next segment end where this one did. A segment stopped by the
         # radius has a length equal to it up to rounding, hence the tolerance.
         if shrunk >= (1.0 - 1e-6) * segment_length:
             shrunk = max(settings.rejection_floor, settings.shrink_factor * segment_length)
-        rejection: Rejection = "uphill" if parent_change > settings.uphill_tolerance else "not-better"
-        return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change, rejection)
+        return TrustUpdate("rejected", shrunk, None, parent_change, predicted_change,
+                           "uphill" if uphill else "not-better")
     if abs(predicted_change) < settings.energy_noise and abs(parent_change) < settings.energy_noise:
         return TrustUpdate("keep", radius, None, parent_change, predicted_change)
     if predicted_change >= 0:  # the surrogate predicted no descent but the parent went down
