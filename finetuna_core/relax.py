@@ -104,6 +104,12 @@ class Guards:
       ``fmax``. If the finish instead found a parent point ``reopen_margin`` lower than that answer
       but not yet below ``fmax`` (the converged point sat on a shoulder the finish slid down), the
       relaxation goes on from there as before the finish, up to ``finish_reopen_limit`` times;
+    * ``tight_model_target``: the optimizer relaxes the model to the finish's threshold
+      (``finish_fmax_ratio`` x fmax) from the start, not to ``fmax`` first, so the parent only
+      ever verifies a point the model calls relaxed to fmax/3. The finishing phase begins at the
+      first accepted parent point below ``fmax`` (a point below fmax/3 ends the run at once):
+      the first verification can then be the finish too, where relaxing the model to ``fmax``
+      first and to fmax/3 after cost a parent call more (EMT set: 233 -> 212 calls);
     * ``step_within_radius``: before every step the optimizer's step limit (BFGS/FIRE
       ``maxstep``) is set to what is left of the trust radius around the segment's start, so that
       no surrogate step leaves it: a shrunk radius really shortens the next segment. Without it a
@@ -131,6 +137,7 @@ class Guards:
     reopen_margin: float = 5e-3  # eV
     progress_patience: int = 0
     progress_min_gain: float = 1e-3  # eV
+    tight_model_target: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.finish_fmax_ratio <= 1:
@@ -145,7 +152,8 @@ class Guards:
             raise ValueError("progress_patience and progress_min_gain must be >= 0")
 
 
-PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radius=False, progress_patience=0)
+PAPER_DRIVER = Guards(reject_uphill=False, tight_finish=False, step_within_radius=False, progress_patience=0,
+                      tight_model_target=False)
 
 
 @dataclass(frozen=True)
@@ -271,10 +279,13 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     fired = {"rejected_uphill": 0, "rejected_not_better": 0, "finish_phase": 0, "finish_parent_calls": 0,
              "verify_convergence": 0, "hessian_restart": 0, "finish_reopened": 0}
     finish_calls_before = 0  # finishing calls of earlier (reopened) finishing phases
-    target = fmax
+    # the model relaxed to the finish's threshold from the start (Guards.tight_model_target)
+    early_finish = guards.tight_finish and guards.tight_model_target and guards.finish_fmax_ratio < 1
+    first_target = fmax * guards.finish_fmax_ratio if early_finish else fmax
+    target = first_target
     finish_from: int | None = None  # parent points when the finishing phase began
     hessian_from = 0  # parent points before this index are no longer replayed into the Hessian
-    learner.verify_fmax = None
+    learner.verify_fmax = first_target if early_finish else None
     try:
         while status == "max-steps" and opt.nsteps < steps:
             restart = False  # ASE's irun ends once it has seen converged forces: start it anew to go on
@@ -294,6 +305,10 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                             fired["hessian_restart"] += 1
                             hessian_from = len(points) - 1
                         _resume_from(atoms, opt, learner, learner.point_at(atoms), rebuild_hessian, hessian_from)
+                        if (early_finish and finish_from is None and last is not None and last.source == "parent"
+                                and point_fmax(points[-1]) < fmax):  # the first converged point: finish from here
+                            fired["finish_phase"] = 1
+                            finish_from = learner.parent_call_count
                 if guards.step_within_radius and hasattr(opt, "maxstep"):
                     opt.maxstep = _step_limit(atoms, learner, maxstep)
                 if on_step is not None:
@@ -311,8 +326,8 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                             # the "minimum" was a shoulder: relax on from here as at the start
                             fired["finish_reopened"] += 1
                             finish_calls_before += finishing
-                            finish_from, target = None, fmax
-                            learner.verify_fmax = None
+                            finish_from, target = None, first_target
+                            learner.verify_fmax = first_target if early_finish else None
                             restart = True
                             break
                         status = "converged"

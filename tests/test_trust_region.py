@@ -258,3 +258,35 @@ def test_a_finish_that_slid_below_the_converged_point_reopens_the_relaxation():
     assert not found_lower_ground([converged, point(-1.040, 0.01)], 0.03, guards)
     # nothing converged yet, but lower ground found: go on
     assert found_lower_ground([point(-1.0, 0.05), point(-1.1, 0.05)], 0.03, guards)
+
+
+def test_the_first_verification_is_already_the_tight_finish():
+    """On a quartic well with an exact surrogate the model's minimum is the parent's: the parent
+    need only check it once. The model relaxes to the finish's fmax/3 before the first verification,
+    so that check is also the finish (two parent calls: the start and the answer). Relaxing the model
+    only to fmax first (``tight_model_target=False``, the earlier default) spends a third call."""
+    from dataclasses import replace
+
+    from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.relax import learner_setup, relax
+
+    def well(positions):
+        return 10.0 * float(np.sum(positions[0] ** 4))
+
+    def run(tight_model_target):
+        setup = learner_setup()
+        learner = OnlineLearner(AnalyticParent(well), AnalyticSurrogate(well), setup.policy, settings=setup.settings)
+        guards = replace(setup.guards, tight_model_target=tight_model_target)
+        result = relax(lone_atom(0.15), learner, fmax=0.03, steps=300, max_parent_calls=10, guards=guards)
+        verified = [record.reason for record in learner.records
+                    if record.source == "parent" and "verify" in (record.reason or "")]
+        return result, verified
+
+    result, verified = run(True)
+    assert result.converged and result.fmax < 0.01 and result.parent_calls == 2
+    assert len(verified) == 1 and verified[0].endswith("<= 0.01 eV/A: verify")
+    assert result.extra["guards"]["finish_phase"] == 1 and result.extra["guards"]["finish_parent_calls"] == 0
+    earlier, verified = run(False)
+    assert earlier.converged and earlier.fmax < 0.01 and earlier.parent_calls == 3 and len(verified) == 2
