@@ -15,7 +15,8 @@ EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whos
                     f"own model ({STAND_IN['backend_options']['model']}), so the prior is exact before any "
                     "fine-tuning. Its calls are what the default driver itself needs (the first point, the trust "
                     "radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard calls, the verification "
-                    "and the tight finish): the floor that no better prior can go below with this driver.")
+                    "and the tight finish, one call where the verification lands below fmax/3): the floor that no "
+                    "better prior can go below with this driver.")
 
 
 def _load(name):
