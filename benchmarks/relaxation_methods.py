@@ -213,6 +213,11 @@ def surrogate_for(method: str, policy: str, settings: dict, surrogates: dict):
     return surrogates["ensemble" if policy == "uncertainty" else "single"]
 
 
+def vasp_settings(atoms) -> dict:
+    """The INCAR/KPOINTS settings every method's (fake) VASP runs with."""
+    return {"xc": "PBE", "kpts": kpoints_for(atoms), "encut": 350, "ismear": 1, "sigma": 0.2, "ediff": 1e-4}
+
+
 def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: dict) -> dict:
     from finetuna_core.learner import DEFAULT_TRUST_RADIUS, OnlineLearner
     from finetuna_core.relax import learner_setup, relax, relax_parent_only, relax_vasp_cg, relax_warm_start
@@ -220,7 +225,7 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "mock_vasp.json").write_text(json.dumps(settings))
-    vasp = {"xc": "PBE", "kpts": kpoints_for(atoms), "encut": 350, "ismear": 1, "sigma": 0.2, "ediff": 1e-4}
+    vasp = vasp_settings(atoms)
     atoms = atoms.copy()
     if method == "vasp-cg":
         return relax_vasp_cg(atoms, str(workdir), MOCK_VASP, fmax=FMAX, nsw=400, **vasp).to_dict()
