@@ -283,10 +283,11 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     # the model relaxed to the finish's threshold from the start (Guards.tight_model_target)
     early_finish = guards.tight_finish and guards.tight_model_target and guards.finish_fmax_ratio < 1
     first_target = fmax * guards.finish_fmax_ratio if early_finish else fmax
+    first_verify_fmax = first_target if early_finish else None  # relax-only's own fmax otherwise
     target = first_target
     finish_from: int | None = None  # parent points when the finishing phase began
     hessian_from = 0  # parent points before this index are no longer replayed into the Hessian
-    learner.verify_fmax = first_target if early_finish else None
+    learner.verify_fmax = first_verify_fmax
     try:
         while status == "max-steps" and opt.nsteps < steps:
             restart = False  # ASE's irun ends once it has seen converged forces: start it anew to go on
@@ -328,7 +329,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                             fired["finish_reopened"] += 1
                             finish_calls_before += finishing
                             finish_from, target = None, first_target
-                            learner.verify_fmax = first_target if early_finish else None
+                            learner.verify_fmax = first_verify_fmax
                             restart = True
                             break
                         status = "converged"
