@@ -4,7 +4,9 @@ Methods: VASP's own CG (the fake with ``IBRION = 2``), ASE BFGS and GPMin on the
 (pre-trained surrogate alone, then parent + BFGS), the online learner with the paper's relax-only,
 K-steps (k = 100) and uncertainty (5 ridge heads, 0.05 eV/A) querying, ``learner-fixed-radius`` (the
 default until 2026-12: relax-only plus a fixed 0.5 A trust radius), the default learner (adaptive trust region with a
-stall guard, forces matched at each segment's start, uphill rejection, tight finish) and the
+stall guard, forces matched at each segment's start plus a local GP while it predicts new parent
+points better than the match alone, uphill rejection, tight finish), ``learner-start-match`` (the
+default without the GP, the default until 2026-12-06) and the
 segments learner (trust-region segments on the refit surrogate force-matched at each start and
 corrected by a local GP, the refit fitting force changes, uphill segments rejected, a
 model-checked finish; ``finetuna_core.trust_driver``), and ``learner-default-exact-prior``, a
@@ -50,7 +52,7 @@ SEGMENTS_MODEL_STEPS = 20000  # model steps of the segments driver (all segments
 GPMIN_MAX_SECONDS = 600.0
 ALL_METHODS = ("vasp-cg", "bfgs", "gpmin", "warm-start", "learner-relax-only", "learner-k-steps",
                "learner-uncertainty", "learner-fixed-radius", "learner-default", "learner-segments",
-               "learner-default-exact-prior")
+               "learner-default-exact-prior", "learner-start-match")
 # The default learner whose prior is the stand-in DFT's own model: a perfect prior, so its calls are
 # what the driver itself needs (its floor), apart from the prior's errors. Not a method for real DFT;
 # only on the sets whose parent is a SevenNet stand-in.
@@ -244,7 +246,8 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
         else:  # ours ("default") or the paper's variants as published
             setup = learner_setup(policy, fmax=FMAX, k=100, threshold=0.05)
         learner = OnlineLearner(parent, surrogate, setup.policy, settings=setup.settings)
-        steps = {"default": DEFAULT_LEARNER_STEPS, "segments": SEGMENTS_MODEL_STEPS}.get(policy, LEARNER_STEPS)
+        steps = {"default": DEFAULT_LEARNER_STEPS, "start-match": DEFAULT_LEARNER_STEPS,
+                 "segments": SEGMENTS_MODEL_STEPS}.get(policy, LEARNER_STEPS)
         result = relax(atoms, learner, fmax=FMAX, steps=steps, max_parent_calls=150, guards=setup.guards,
                        driver=setup.driver)
         result.method = method

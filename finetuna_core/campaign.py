@@ -33,7 +33,7 @@ COLUMNS = ("structure", "method", "status", "parent_calls", "scf_iterations", "f
 
 
 Method = Literal["learner", "bfgs", "gpmin", "fire"]
-Query = Literal["default", "segments", "relax-only", "k-steps", "uncertainty"]
+Query = Literal["default", "start-match", "segments", "relax-only", "k-steps", "uncertainty"]
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="mock (the fake VASP, default), vasp (ASE_VASP_COMMAND), emt, or ase:package.module.Class")
     parser.add_argument("--model", default="sevennet", help="sevennet (default) or fairchem:/path/to/checkpoint.pt")
     parser.add_argument("--query", default="default",
-                        choices=["default", "segments", "relax-only", "k-steps", "uncertainty"],
+                        choices=["default", "start-match", "segments", "relax-only", "k-steps", "uncertainty"],
                         help="when to ask the parent (default: adaptive trust region, stall guard, uphill "
-                             "rejection and a tight finish; segments: trust-region segments on a GP-corrected "
-                             "model, fewer calls, less accurate on floppy systems; the others are the "
-                             "paper's, as published)")
+                             "rejection and a tight finish; start-match: the same without its checked local "
+                             "GP, the default until 2026-12-06; segments: trust-region segments on a "
+                             "GP-corrected model, fewer calls, less accurate on floppy systems; the others "
+                             "are the paper's, as published)")
     parser.add_argument("--method", default="learner", choices=["learner", "bfgs", "gpmin", "fire"],
                         help="the online learner (default) or a parent-only optimizer")
     parser.add_argument("--fmax", type=float, default=0.03, help="force criterion on free atoms, eV/A (0.03)")

@@ -14,6 +14,10 @@ Between parent calls the learner's optimizer moves on a *model*, never on the ba
   not deliver, and a trust region shrinks to a crawl); a length scale away from every parent
   point it fades back to ``surrogate + linear``. A wide GP (1 A and more) or one without the
   linear prior extrapolated worse than the linear match alone (measured: more rejected segments).
+  Where the surrogate is far from the parent (SevenNet-0 on EMT) the GP through quickly changing
+  residuals can mispredict even at this length scale: ``"checked-gp"`` (the default learner's)
+  fits it always but applies it only while it has predicted new parent points better than the
+  match alone (:class:`GPCheck`).
 
 Energies stay on the surrogate's scale: the model's energy at ``x0`` is the surrogate's there,
 so only energy *changes* are meaningful, as in the learner's trust ratio. Pure numpy: no model,
@@ -23,13 +27,13 @@ no parent.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-CorrectionKind = Literal["none", "start-match", "local-gp"]
+CorrectionKind = Literal["none", "start-match", "local-gp", "checked-gp"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,10 @@ class CorrectionSettings:
     """How the model corrects the surrogate (see the module docstring).
 
     ``kind``: ``"none"`` (the bare refit surrogate, the paper's learner), ``"start-match"`` (the
-    linear start-force match only) or ``"local-gp"`` (the match plus the local GP; the segments learner's).
+    linear start-force match only), ``"local-gp"`` (the match plus the local GP; the segments
+    learner's) or ``"checked-gp"`` (the GP is built as for ``"local-gp"`` but used only while it
+    has predicted the parent's forces better than the match alone; see :class:`GPCheck`).
+    ``check_points``: how many of the newest parent points that check compares on.
     ``length``: GP length scale (A, over all free-atom coordinates together); ``points``: parent
     points in the GP, the start included (the newest others near the start); ``reach``: others
     whose largest free-atom move from the start is beyond this (A) are left out, and so are others
@@ -55,10 +62,19 @@ class CorrectionSettings:
     force_floor: float = 0.5
     noise_energy: float = 2e-3
     noise_force: float = 2e-3
+    check_points: int = 3
+
+    @property
+    def builds_gp(self) -> bool:
+        """Whether the correction fits the local GP (used always, or only once it has proved better)."""
+        return self.kind in ("local-gp", "checked-gp")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("none", "start-match", "local-gp"):
-            raise ValueError(f"unknown correction kind {self.kind!r}: choose none, start-match or local-gp")
+        if self.kind not in ("none", "start-match", "local-gp", "checked-gp"):
+            raise ValueError(f"unknown correction kind {self.kind!r}: choose none, start-match, local-gp"
+                             " or checked-gp")
+        if self.check_points < 1:
+            raise ValueError(f"check_points must be >= 1, got {self.check_points}")
         if min(self.length, self.reach, self.force_ratio, self.force_floor) <= 0:
             raise ValueError("correction length, reach, force_ratio and force_floor must be > 0")
         if self.points < 2:
@@ -167,8 +183,9 @@ class ModelCorrection:
 
     def __init__(self, settings: CorrectionSettings, free: np.ndarray, start: ParentValues,
                  start_surrogate: SurrogateValues,
-                 others: Sequence[tuple[ParentValues, SurrogateValues]] = ()):
+                 others: Sequence[tuple[ParentValues, SurrogateValues]] = (), use_gp: bool = True):
         self.settings = settings
+        self.use_gp = use_gp  # False: the GP is fitted (its forces can be checked) but not applied
         self.free = np.asarray(free, dtype=bool)
         self.origin = np.array(start.positions, dtype=float)
         self.force_offset = np.zeros_like(self.origin)
@@ -177,7 +194,7 @@ class ModelCorrection:
             self.force_offset[self.free] = difference[self.free]
         self.gp: ResidualGP | None = None
         self._gp_at_start = (0.0, np.zeros(3 * int(self.free.sum())))
-        if settings.kind == "local-gp" and others:
+        if settings.builds_gp and others:
             self.gp = self._fit_gp(start, start_surrogate, others)
             # the noisy GP is not exactly zero at the start; take its value and slope there out, so
             # the model's forces at the start are the parent's to the last digit (a start the parent
@@ -207,16 +224,50 @@ class ModelCorrection:
         return ResidualGP(s.length, s.noise_energy, s.noise_force).fit(np.array(X), np.array(values),
                                                                        np.array(gradients))
 
-    def apply(self, positions: np.ndarray, energy: float, forces: np.ndarray) -> tuple[float, np.ndarray]:
-        """The model's energy and forces at ``positions`` from the surrogate's there."""
-        energy, forces = self._linear(np.asarray(positions, dtype=float), energy, np.asarray(forces, dtype=float))
+    def gp_term(self, positions: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """The GP's energy and force corrections at ``positions`` ((N, 3) forces; None without a GP)."""
         if self.gp is None:
-            return energy, forces
+            return None
         x = np.asarray(positions, dtype=float)[self.free].ravel()
         value, gradient = self.gp.predict(x)
         value0, gradient0 = self._gp_at_start
         value = value - value0 - float(gradient0 @ (x - self.origin[self.free].ravel()))
-        gradient = gradient - gradient0
-        forces = forces.copy()
-        forces[self.free] -= gradient.reshape(-1, 3)
-        return energy + value, forces
+        forces = np.zeros_like(self.origin)
+        forces[self.free] = -(gradient - gradient0).reshape(-1, 3)
+        return value, forces
+
+    def apply(self, positions: np.ndarray, energy: float, forces: np.ndarray) -> tuple[float, np.ndarray]:
+        """The model's energy and forces at ``positions`` from the surrogate's there."""
+        energy, forces = self._linear(np.asarray(positions, dtype=float), energy, np.asarray(forces, dtype=float))
+        term = self.gp_term(positions) if self.use_gp else None
+        if term is None:
+            return energy, forces
+        return energy + term[0], forces + term[1]
+
+
+@dataclass
+class GPCheck:
+    """Whether the local GP has earned its place (``"checked-gp"``), judged on parent points it had not seen.
+
+    At every new parent point both models that could have driven the segment are compared with
+    the parent's forces there: the start match alone, and the match plus the GP fitted before the
+    point was known. The GP is applied while its force error, summed over the newest
+    ``window`` points where both could be compared, is the smaller. Where the pre-trained
+    surrogate is close to the parent the GP's local curvature saves parent calls; where it is far,
+    a GP through residuals that change quickly extrapolates worse than the match alone and costs
+    calls (rejected segments), and the check keeps it off.
+    """
+
+    window: int
+    match_errors: list[float] = field(default_factory=list)
+    gp_errors: list[float] = field(default_factory=list)
+
+    def add(self, match_error: float, gp_error: float) -> None:
+        self.match_errors.append(match_error)
+        self.gp_errors.append(gp_error)
+
+    @property
+    def gp_is_better(self) -> bool:
+        if not self.gp_errors:
+            return False
+        return sum(self.gp_errors[-self.window:]) < sum(self.match_errors[-self.window:])

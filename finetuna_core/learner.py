@@ -7,9 +7,11 @@ can pause (``VaspInteractive``) is paused while the surrogate predicts and train
 
 The learner keeps a trust region (:mod:`finetuna_core.trust`): the segment's start (the newest
 accepted parent point) and a radius updated from parent energies after every parent point. What it
-predicts is a *model* (:mod:`finetuna_core.correction`): by default the refit surrogate matched to
-the parent's forces at the start; the segments learner adds a short-range GP through the parent
-points near it and refits on force *changes* relative to the start, the part the match leaves.
+predicts is a *model* (:mod:`finetuna_core.correction`): the refit surrogate matched to the parent's
+forces at the start, plus a short-range GP through the parent points near it; by default the GP
+is applied only while it has predicted new parent points better than the match alone
+(:class:`~finetuna_core.correction.GPCheck`). The segments learner applies it always and refits
+on force *changes* relative to the start, the part the match leaves.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from .correction import CorrectionSettings, ModelCorrection, ParentValues, SurrogateValues, near_enough
+from .correction import CorrectionSettings, GPCheck, ModelCorrection, ParentValues, SurrogateValues, near_enough
 from .parents import PausableParent, compute
 from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
@@ -46,10 +48,11 @@ class LearnerSettings:
     overlap_precompute: bool = True
     trust_region: TrustRegion = field(default_factory=TrustRegion)
     # what the optimizer sees (finetuna_core.correction): the refit surrogate matched to the parent's
-    # forces at the segment's start ("start-match", the default's: the first-order consistency a
-    # trust-region model needs), that plus a local GP ("local-gp", the segments learner's), or the
-    # bare refit surrogate ("none", the paper's learner)
-    correction: CorrectionSettings = field(default_factory=lambda: CorrectionSettings(kind="start-match"))
+    # forces at the segment's start ("start-match": the first-order consistency a trust-region model
+    # needs), that plus a local GP through the nearby parent points ("local-gp", the segments
+    # learner's), the GP only while it predicts new parent points better than the match alone
+    # ("checked-gp", the default's), or the bare refit surrogate ("none", the paper's learner)
+    correction: CorrectionSettings = field(default_factory=lambda: CorrectionSettings(kind="checked-gp"))
     # what the refit fits: forces, or force changes relative to the segment's start ("changes", the
     # segments learner's: the model's curvature, what the start match leaves; where the surrogate
     # can, else forces)
@@ -169,6 +172,7 @@ class OnlineLearner(Calculator):
         self._previous_start_index: int | None = None
         self._start_prediction: float | None = None  # surrogate energy there, from the current fit
         self._correction: ModelCorrection | None = None  # the model around the segment start
+        self.gp_check = GPCheck(self.settings.correction.check_points)  # "checked-gp": GP vs match alone
         self._restored_points = len(self.store.points)  # parent points found on disk at start
         previous = self.store.steps()
         self._step_offset = int(max((entry.get("step", 0) for entry in previous), default=0))
@@ -227,6 +231,8 @@ class OnlineLearner(Calculator):
         energy, forces, seconds = self._call_parent(atoms)
         self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds, step=step)
         energy_error = float(prediction.energy + self.offset - energy)  # the fit (and offset) that predicted it
+        checked = self._check_gp(atoms, prediction, forces)
+        gp_used = bool(self._correction is not None and self._correction.use_gp and self._correction.gp is not None)
         parent_fmax = fmax_of(atoms, forces)
         update = self._update_trust(atoms, energy, parent_fmax, prediction)
         report = self._train()
@@ -240,6 +246,9 @@ class OnlineLearner(Calculator):
                             parent_change=update.parent_change, predicted_change=update.predicted_change)
         if update.rejection is not None:
             record.extra["trust_rejection"] = update.rejection
+        if checked is not None:
+            record.extra.update(match_force_error=checked[0], gp_force_error=checked[1],
+                                gp_used=gp_used)
         if report.details:
             record.extra["finetune_lambda"] = report.details.get("lambda_rel")  # ridge strength, relative
         self._after_point(atoms, energy, forces, record)
@@ -257,6 +266,31 @@ class OnlineLearner(Calculator):
     def model_calculator(self) -> ModelCalculator:
         """An ASE calculator on the model (:meth:`predict`): no parent call, nothing logged."""
         return ModelCalculator(self)
+
+    def _check_gp(self, atoms: Atoms, prediction: Prediction, forces: np.ndarray) -> tuple[float, float] | None:
+        """``"checked-gp"``: score the match alone and the match plus GP on a new parent point's forces.
+
+        ``prediction`` is the model's from the correction that drove the segment (GP applied or
+        not); the other model's forces differ from it by the GP's term. Returns both RMS errors
+        over the free atoms' force components (None where there was no GP to check).
+        """
+        correction = self._correction
+        if (self.settings.correction.kind != "checked-gp" or correction is None
+                or len(correction.free) != len(atoms)):
+            return None
+        term = correction.gp_term(atoms.positions)
+        if term is None:
+            return None
+        model = np.asarray(prediction.forces)
+        match, with_gp = (model - term[1], model) if correction.use_gp else (model, model + term[1])
+        free = free_atom_mask(atoms)
+
+        def rms(predicted: np.ndarray) -> float:
+            return float(np.sqrt(np.mean((predicted[free] - forces[free]) ** 2)))
+
+        errors = rms(match), rms(with_gp)
+        self.gp_check.add(*errors)
+        return errors
 
     # ------------------------------------------------------------------ parent helpers
     def _pause_parent(self) -> None:
@@ -355,9 +389,9 @@ class OnlineLearner(Calculator):
 
         With the local GP (many points per refit) from what the surrogate cached while fine-tuning
         (:meth:`Surrogate.values_at`); otherwise from a full prediction, which agrees with it to
-        float32 rounding and keeps the default's path exactly what it was measured with.
+        float32 rounding and keeps the GP-free learners' paths exactly what they were measured with.
         """
-        if self.settings.correction.kind != "local-gp":
+        if not self.settings.correction.builds_gp:
             prediction = self.surrogate.predict(atoms)
             return SurrogateValues(prediction.energy, np.asarray(prediction.forces))
         energy, free_forces = self.surrogate.values_at(atoms)
@@ -379,13 +413,14 @@ class OnlineLearner(Calculator):
         settings = self.settings.correction
         origin = _parent_values(start)
         others = []
-        if settings.kind == "local-gp":
+        if settings.builds_gp:
             start_fmax = point_fmax(start)
             near = [p for p in self.store.labelled if p is not start and len(p.atoms) == len(start.atoms)
                     and np.array_equal(free_atom_mask(p.atoms), free)
                     and near_enough(settings, origin, _parent_values(p), free, start_fmax, point_fmax(p))]
             others = [(_parent_values(p), self._surrogate_values(p.atoms, free)) for p in near[-(settings.points - 1):]]
-        self._correction = ModelCorrection(settings, free, origin, at_start, others)
+        use_gp = settings.kind == "local-gp" or self.gp_check.gp_is_better
+        self._correction = ModelCorrection(settings, free, origin, at_start, others, use_gp=use_gp)
 
     # ------------------------------------------------------------------ ASE entry point
     def calculate(self, atoms=None, properties=("energy", "forces"), system_changes=all_changes):

@@ -32,7 +32,8 @@ from .surrogates.base import LabelledPoint, Surrogate
 from .trust import TrustRegion
 from .trust_driver import TrustDriverSettings, relax_trust_region
 
-__all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "CountingCalculator", "Driver",
+__all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "START_MATCH_SETTINGS",
+           "CountingCalculator", "Driver",
            "Guards", "LearnerSetup", "RelaxResult", "RelaxStatus", "curvature_is_positive", "learner_setup",
            "rebuild_bfgs_hessian", "relax", "relax_parent_only", "relax_vasp_cg", "relax_warm_start"]
 
@@ -44,6 +45,8 @@ Driver = Literal["optimizer", "segments"]
 
 # the paper's learner: the refit surrogate alone (no start match), fitted on forces
 PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces")
+# the default without the checked local GP (the default until 2026-12-06)
+START_MATCH_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="start-match"))
 # the segments learner: the start match plus the local GP, the refit fitting force changes
 # not-better rejections cost the segments driver calls (CO/Cu(111) 41 -> 50): its probes judge the end
 SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes",
@@ -167,12 +170,14 @@ class LearnerSetup:
     driver: Driver = "optimizer"
 
 
-def learner_setup(query: Literal["default", "segments"] | PolicyName = "default", fmax: float = 0.03,
+def learner_setup(query: Literal["default", "start-match", "segments"] | PolicyName = "default", fmax: float = 0.03,
                   **policy_options: Any) -> LearnerSetup:
     """The default learner (``"default"`` or ``"trust-region"``), the segments learner or one of the paper's.
 
-    The default: adaptive trust region with a stall guard, forces matched at each segment's start,
-    uphill segments rejected, a tight finish. ``"segments"``: the trust-region segments driver on
+    The default: adaptive trust region with a stall guard, forces matched at each segment's start
+    plus a local GP while it predicts the parent better than the match alone, uphill segments
+    rejected, a tight finish. ``"start-match"``: the same without the GP (the default until
+    2026-12-06). ``"segments"``: the trust-region segments driver on
     the start-matched, GP-corrected model (fewer parent calls, less accurate on floppy systems;
     see the README). The paper's ``"relax-only"``, ``"k-steps"`` and ``"uncertainty"`` run as
     published: no force matching, no guards. Pass the setup's ``guards`` and ``driver`` to
@@ -180,6 +185,8 @@ def learner_setup(query: Literal["default", "segments"] | PolicyName = "default"
     """
     if query in ("default", "trust-region"):
         return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), LearnerSettings(), Guards())
+    if query == "start-match":
+        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), START_MATCH_SETTINGS, Guards())
     if query == "segments":
         return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), SEGMENTS_SETTINGS, Guards(),
                             "segments")

@@ -7,6 +7,7 @@ import pytest
 
 from finetuna_core.correction import (
     CorrectionSettings,
+    GPCheck,
     ModelCorrection,
     ParentValues,
     ResidualGP,
@@ -113,6 +114,36 @@ def test_the_model_stays_exact_at_the_start_with_a_noisy_gp_through_other_points
     assert np.allclose(forces[0], start.forces[0], atol=1e-12)
 
 
+def test_a_checked_gp_is_fitted_always_and_applied_only_when_asked():
+    parent, surrogate = quadratic(4.0, [1.0, 0, 0]), quadratic(1.0, [0.8, 0.1, 0])
+    free, data = points_on(parent, surrogate, [[0.2, 0.0, 0.0], [0.35, 0.05, 0.0], [0.3, -0.1, 0.05]])
+    (start, at_start), others = data[0], data[1:]
+    match = ModelCorrection(CorrectionSettings(kind="start-match"), free, start, at_start)
+    with_gp = ModelCorrection(CorrectionSettings(kind="local-gp"), free, start, at_start, others)
+    off = ModelCorrection(CorrectionSettings(kind="checked-gp"), free, start, at_start, others, use_gp=False)
+    on = ModelCorrection(CorrectionSettings(kind="checked-gp"), free, start, at_start, others, use_gp=True)
+    x = np.array([[0.5, 0.1, -0.05], [0.0, 0.0, 5.0]])
+    es, fs = surrogate(x)
+    assert off.points_in_gp == 3 and match.gp_term(x) is None
+    assert np.allclose(off.apply(x, es, fs)[1], match.apply(x, es, fs)[1], atol=1e-12)
+    assert np.allclose(on.apply(x, es, fs)[1], with_gp.apply(x, es, fs)[1], atol=1e-12)
+    term_energy, term_forces = off.gp_term(x)  # what the GP would add, whether applied or not
+    assert np.allclose(match.apply(x, es, fs)[1] + term_forces, on.apply(x, es, fs)[1], atol=1e-12)
+    assert match.apply(x, es, fs)[0] + term_energy == pytest.approx(on.apply(x, es, fs)[0])
+    assert np.abs(term_forces[0]).max() > 0.1 and not term_forces[1].any()  # fixed atoms never corrected
+
+
+def test_the_gp_check_trusts_the_gp_only_on_its_recent_record():
+    check = GPCheck(window=2)
+    assert not check.gp_is_better  # no evidence: the match alone
+    check.add(match_error=1.0, gp_error=0.5)
+    assert check.gp_is_better
+    check.add(match_error=0.2, gp_error=0.9)  # last two: GP 1.4, match 1.2
+    assert not check.gp_is_better
+    check.add(match_error=1.0, gp_error=0.1)  # last two: GP 1.0, match 1.2 (the first point has left the window)
+    assert check.gp_is_better
+
+
 def test_points_join_the_gp_only_near_the_start_and_at_a_similar_force_scale():
     settings = CorrectionSettings(reach=1.0, force_ratio=4.0, force_floor=0.5)
     free = np.array([True, False])
@@ -135,3 +166,5 @@ def test_bad_correction_settings_are_refused():
         CorrectionSettings(length=0.0)
     with pytest.raises(ValueError, match="points >= 2"):
         CorrectionSettings(points=1)
+    with pytest.raises(ValueError, match="check_points must be >= 1"):
+        CorrectionSettings(kind="checked-gp", check_points=0)

@@ -118,11 +118,12 @@ def test_a_hessian_steered_along_soft_modes_does_not_trap_the_run(surrogate):
 def test_a_finish_that_slides_off_a_shoulder_relaxes_on(surrogate, tmp_path):
     """H2O on Cu(100), hollow (generated set), through the fake VASP on the stand-in DFT as the
     benchmark runs it. With the model relaxed only to fmax before the first verification (the
-    default until 2026-12, ``tight_model_target=False``), the first point below fmax sat on a
+    default until 2026-12, ``tight_model_target=False``, on the start-matched model without the
+    checked GP), the first point below fmax sat on a
     shoulder; the tight finish slid 40 meV further down without converging, and the driver before
     that answered with the converged shoulder point (-195.461 eV, 0.057 eV above where parent BFGS
     ends). The driver relaxes on from the lower point. Today's default takes another path (the
-    model relaxed to fmax/3 first) and must end as low."""
+    model relaxed to fmax/3 first, the checked GP) and must end as low."""
     from dataclasses import replace
 
     from sevenn.calculator import SevenNetCalculator
@@ -142,7 +143,7 @@ def test_a_finish_that_slides_off_a_shoulder_relaxes_on(surrogate, tmp_path):
     directory = tmp_path / "fmax-first"
     directory.mkdir()
     (directory / "mock_vasp.json").write_text(json.dumps(methods.STAND_IN))
-    setup = learner_setup("default", fmax=methods.FMAX)
+    setup = learner_setup("start-match", fmax=methods.FMAX)
     surrogate.reset()
     with VaspInteractive(command=methods.MOCK_VASP, directory=directory, txt=None,
                          **methods.vasp_settings(atoms)) as parent:
