@@ -15,7 +15,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
+from .campaign import Query
 from .environment import apply_defaults
 
 
@@ -24,7 +26,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="mock (the fake VASP, default), vasp (ASE_VASP_COMMAND), emt, or ase:package.module.Class")
     parser.add_argument("--model", default="sevennet", help="sevennet (default) or fairchem:/path/to/checkpoint.pt")
     parser.add_argument("--query", default="default",
-                        choices=["default", "start-match", "segments", "relax-only", "k-steps", "uncertainty"],
+                        choices=get_args(Query),
                         help="when to ask the parent (default: adaptive trust region, stall guard, uphill "
                              "rejection and a tight finish; start-match: the same without its checked local "
                              "GP, the default until 2026-12-06; segments: trust-region segments on a "

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -70,9 +70,9 @@ class CorrectionSettings:
         return self.kind in ("local-gp", "checked-gp")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("none", "start-match", "local-gp", "checked-gp"):
-            raise ValueError(f"unknown correction kind {self.kind!r}: choose none, start-match, local-gp"
-                             " or checked-gp")
+        if self.kind not in get_args(CorrectionKind):
+            kinds = ", ".join(get_args(CorrectionKind))
+            raise ValueError(f"unknown correction kind {self.kind!r}: choose one of {kinds}")
         if self.check_points < 1:
             raise ValueError(f"check_points must be >= 1, got {self.check_points}")
         if min(self.length, self.reach, self.force_ratio, self.force_floor) <= 0:

@@ -232,7 +232,6 @@ class OnlineLearner(Calculator):
         self.store.add(LabelledPoint(atoms, energy, forces), reason, seconds_parent=seconds, step=step)
         energy_error = float(prediction.energy + self.offset - energy)  # the fit (and offset) that predicted it
         checked = self._check_gp(atoms, prediction, forces)
-        gp_used = bool(self._correction is not None and self._correction.use_gp and self._correction.gp is not None)
         parent_fmax = fmax_of(atoms, forces)
         update = self._update_trust(atoms, energy, parent_fmax, prediction)
         report = self._train()
@@ -247,8 +246,7 @@ class OnlineLearner(Calculator):
         if update.rejection is not None:
             record.extra["trust_rejection"] = update.rejection
         if checked is not None:
-            record.extra.update(match_force_error=checked[0], gp_force_error=checked[1],
-                                gp_used=gp_used)
+            record.extra.update(checked)
         if report.details:
             record.extra["finetune_lambda"] = report.details.get("lambda_rel")  # ridge strength, relative
         self._after_point(atoms, energy, forces, record)
@@ -267,12 +265,13 @@ class OnlineLearner(Calculator):
         """An ASE calculator on the model (:meth:`predict`): no parent call, nothing logged."""
         return ModelCalculator(self)
 
-    def _check_gp(self, atoms: Atoms, prediction: Prediction, forces: np.ndarray) -> tuple[float, float] | None:
+    def _check_gp(self, atoms: Atoms, prediction: Prediction, forces: np.ndarray) -> dict[str, Any] | None:
         """``"checked-gp"``: score the match alone and the match plus GP on a new parent point's forces.
 
         ``prediction`` is the model's from the correction that drove the segment (GP applied or
-        not); the other model's forces differ from it by the GP's term. Returns both RMS errors
-        over the free atoms' force components (None where there was no GP to check).
+        not); the other model's forces differ from it by the GP's term. Returns, for the point's
+        record, both RMS errors over the free atoms' force components and whether the GP drove
+        the segment (None where there was no GP to check).
         """
         correction = self._correction
         if (self.settings.correction.kind != "checked-gp" or correction is None
@@ -288,9 +287,9 @@ class OnlineLearner(Calculator):
         def rms(predicted: np.ndarray) -> float:
             return float(np.sqrt(np.mean((predicted[free] - forces[free]) ** 2)))
 
-        errors = rms(match), rms(with_gp)
-        self.gp_check.add(*errors)
-        return errors
+        match_error, gp_error = rms(match), rms(with_gp)
+        self.gp_check.add(match_error, gp_error)
+        return {"match_force_error": match_error, "gp_force_error": gp_error, "gp_used": correction.use_gp}
 
     # ------------------------------------------------------------------ parent helpers
     def _pause_parent(self) -> None:

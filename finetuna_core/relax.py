@@ -183,13 +183,11 @@ def learner_setup(query: Literal["default", "start-match", "segments"] | PolicyN
     published: no force matching, no guards. Pass the setup's ``guards`` and ``driver`` to
     :func:`relax`.
     """
-    if query in ("default", "trust-region"):
-        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), LearnerSettings(), Guards())
-    if query == "start-match":
-        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), START_MATCH_SETTINGS, Guards())
-    if query == "segments":
-        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), SEGMENTS_SETTINGS, Guards(),
-                            "segments")
+    trust_region_learners = {"default": LearnerSettings(), "trust-region": LearnerSettings(),
+                             "start-match": START_MATCH_SETTINGS, "segments": SEGMENTS_SETTINGS}
+    if query in trust_region_learners:
+        return LearnerSetup(make_policy("trust-region", fmax=fmax, **policy_options), trust_region_learners[query],
+                            Guards(), "segments" if query == "segments" else "optimizer")
     return LearnerSetup(make_policy(query, fmax=fmax, **policy_options), PAPER_SETTINGS, PAPER_DRIVER)
 
 
