@@ -177,9 +177,24 @@ class OnlineLearner(Calculator):
         previous = self.store.steps()
         self._step_offset = int(max((entry.get("step", 0) for entry in previous), default=0))
         if self.store.points:
+            self._restore_state(previous)
             energies = [stored.point.energy for stored in self.store.points]
             self._start_index = int(np.argmin(energies))
             self._train()
+
+    def _restore_state(self, previous: list[dict[str, Any]]) -> None:
+        """Take up a resumed run's trust radius and GP check from its step log (``previous``).
+
+        Without them a resumed run would start again at the initial radius (a first segment longer
+        than the run had found safe) and with the GP off until three new points were scored.
+        """
+        for entry in previous:
+            if entry.get("match_force_error") is not None and entry.get("gp_force_error") is not None:
+                self.gp_check.add(float(entry["match_force_error"]), float(entry["gp_force_error"]))
+        radii = [entry["trust_radius"] for entry in previous if entry.get("trust_radius") is not None]
+        if radii:
+            trust = self.settings.trust_region
+            self.trust_radius = min(trust.maximum, max(trust.rejection_floor, float(radii[-1])))
 
     # ------------------------------------------------------------------ public surface for drivers
     @property

@@ -345,6 +345,42 @@ def test_the_default_applies_the_local_gp_only_once_it_predicted_new_parent_poin
         replay.add(record.extra["match_force_error"], record.extra["gp_force_error"])
 
 
+def test_a_resumed_learner_takes_up_its_trust_radius_and_gp_record(tmp_path):
+    """A run stopped by its parent budget and resumed from its directory continues with the radius and
+    the GP check's scores it had (from its step log), not with the initial radius and the GP off."""
+    from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.relax import learner_setup, relax
+
+    stiffness = np.diag([6.0, 1.0, 0.3])
+
+    def parent(positions):
+        d = positions[0] - np.array([1.0, 0.5, -0.3])
+        return float(0.5 * d @ stiffness @ d + 0.2 * np.sum(d**4))
+
+    def surrogate(positions):
+        d = positions[0] - np.array([0.8, 0.7, -0.2])
+        return float(0.5 * d @ d)
+
+    setup = learner_setup()
+
+    def learner():
+        return OnlineLearner(AnalyticParent(parent), AnalyticSurrogate(surrogate), setup.policy,
+                             directory=str(tmp_path))
+
+    first = learner()
+    stopped = relax(lone_atom(0.0), first, fmax=0.03, steps=1000, max_parent_calls=7, guards=setup.guards)
+    assert stopped.status == "parent-budget"
+    assert first.trust_radius != setup.settings.trust_region.initial and first.gp_check.gp_is_better
+    resumed = learner()
+    assert resumed.trust_radius == pytest.approx(first.trust_radius)
+    assert resumed.gp_check.match_errors == pytest.approx(first.gp_check.match_errors)
+    assert resumed.gp_check.gp_errors == pytest.approx(first.gp_check.gp_errors)
+    finished = relax(stopped.atoms, resumed, fmax=0.03, steps=1000, max_parent_calls=60, guards=setup.guards)
+    assert finished.converged and finished.energy == pytest.approx(0.0, abs=1e-3)
+
+
 def test_where_the_gp_mispredicts_the_default_ends_as_low_as_the_start_match():
     """A ripple shorter than the GP's length scale on a well the surrogate has right: the GP always on
     ends in a higher ripple minimum (measured -0.094 eV against -0.104); the checked GP, judged on
@@ -364,3 +400,4 @@ def test_where_the_gp_mispredicts_the_default_ends_as_low_as_the_start_match():
     assert checked.converged and match.converged and always.converged
     assert always.energy > match.energy + 0.005  # the failure the check is for
     assert checked.energy == pytest.approx(match.energy, abs=1e-3)
+
