@@ -182,7 +182,12 @@ def build() -> str:
                 "its "
                 "own SCF steps per call), plus the Python time measured here (fine-tuning after the parent call "
                 "returned, surrogate inference, driver). Python share = that time over the projected total. A speed-up "
-                "counts only with its accuracy (column `accuracy`, same rule as section 2).", "",
+                "counts only with its accuracy (column `accuracy`, same rule as section 2). Seconds are medians per "
+                "run as measured in each method's own benchmark runs on the 2-core machine, whose load differed: "
+                "learner-default's OC20 runs had the machine to themselves, its generated runs ran as two processes "
+                "(one per core), several other rows were measured beside two to four processes. Contention only adds "
+                "time, so each inference figure is an upper bound, and a comparison between methods holds only where "
+                "the loads were alike.", "",
                 _table(wall["summary"], [("set", "set"), ("method", "method"), ("systems", "systems"),
                                          ("accuracy", "accuracy"), ("finetune_s", "fine-tune s"),
                                          ("predict_s", "inference s"),

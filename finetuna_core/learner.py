@@ -141,7 +141,8 @@ class OnlineLearner(Calculator):
         policy: a query rule (default: ``make_policy("trust-region")``: one initial parent point,
             relax-only at fmax 0.03, the adaptive trust radius and a stall guard).
         directory: where parent points and the step log are kept (None: in memory only). A learner
-            created on a directory with parent points resumes from them without recomputing any.
+            created on a directory with parent points resumes from them without recomputing any,
+            with the trust radius and the GP check's record its step log ends with.
 
     The drivers (:func:`finetuna_core.relax.relax`) use the public surface: :meth:`ask_parent`,
     :meth:`predict`, :meth:`model_calculator`, :attr:`parent_events`, :attr:`segment_start`,
