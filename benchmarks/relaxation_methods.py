@@ -10,9 +10,10 @@ default without the GP, the default until 2026-12-06) and the
 segments learner (trust-region segments on the refit surrogate force-matched at each start and
 corrected by a local GP, the refit fitting force changes, uphill segments rejected, a
 model-checked finish; ``finetuna_core.trust_driver``), and ``learner-default-exact-prior``, a
-measurement rather than a method: the default learner with the stand-in DFT's own model as its
-prior (stand-in sets only), whose calls are the driver's floor. ``vasp-cg-previous`` in the results
-files is the fake's CG before its line search was fixed (kept, not rerun). Metrics as in finetuna-facts
+measurement rather than a method: the default learner with the parent's own model as its prior
+(the stand-in DFT's SevenNet model; on the EMT set, EMT), whose calls are the driver's floor.
+``vasp-cg-previous`` in the results files is the fake's CG before its line search was fixed (kept,
+not rerun). Metrics as in finetuna-facts
 section 3 (DFT calls relative to CG, mean and pooled; accuracy = parent fmax <= 0.03 eV/A and
 E <= E_CG + 0.02 eV).
 
@@ -190,15 +191,49 @@ def kpoints_for(atoms) -> tuple[int, int, int]:
 
 
 def exact_prior_model(settings: dict) -> str | None:
-    """The SevenNet model the parent computes with (the stand-in DFT), or None for other parents."""
+    """The model the parent computes with: the stand-in DFT's SevenNet model, ``"emt"``, or None for other parents."""
+    if settings.get("backend") == "emt":
+        return "emt"
     if settings.get("backend") != STAND_IN["backend"]:
         return None
     return settings.get("backend_options", {}).get("model")
 
 
 def applicable(method: str, settings: dict) -> bool:
-    """Whether ``method`` can run on a set with this parent (the exact prior needs a SevenNet stand-in)."""
+    """Whether ``method`` can run on a set with this parent (the exact prior needs a SevenNet stand-in or EMT)."""
     return method != EXACT_PRIOR or exact_prior_model(settings) is not None
+
+
+class FrozenEMT:
+    """EMT as a surrogate that never learns: the EMT set's exact prior (a measurement, not a method)."""
+
+    def __new__(cls):
+        from ase.calculators.emt import EMT
+
+        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+
+        class _FrozenEMT(Surrogate):
+            name = "frozen-emt"
+
+            def predict(self, atoms):
+                work = atoms.copy()
+                work.calc = EMT()
+                return Prediction(energy=work.get_potential_energy(), forces=work.get_forces(apply_constraint=False))
+
+            def fine_tune(self, points):
+                return FineTuneReport("none", len(points), 0.0)
+
+            def reset(self):
+                pass
+
+            def save(self, path):
+                raise NotImplementedError("the frozen EMT prior has no state to save")
+
+            @classmethod
+            def load(cls, path):
+                raise NotImplementedError("the frozen EMT prior has no state to load")
+
+        return _FrozenEMT()
 
 
 def surrogate_for(method: str, policy: str, settings: dict, surrogates: dict):
@@ -208,9 +243,9 @@ def surrogate_for(method: str, policy: str, settings: dict, surrogates: dict):
 
         model = exact_prior_model(settings)
         if model is None:
-            raise ValueError(f"{EXACT_PRIOR} needs a parent running a SevenNet model, not {settings}")
+            raise ValueError(f"{EXACT_PRIOR} needs a parent running a SevenNet model or EMT, not {settings}")
         if f"exact:{model}" not in surrogates:
-            surrogates[f"exact:{model}"] = make_surrogate("sevennet", model=model)
+            surrogates[f"exact:{model}"] = FrozenEMT() if model == "emt" else make_surrogate("sevennet", model=model)
         return surrogates[f"exact:{model}"]
     return surrogates["ensemble" if policy == "uncertainty" else "single"]
 

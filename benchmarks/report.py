@@ -11,12 +11,12 @@ from benchmarks.relaxation_methods import EXACT_PRIOR, STAND_IN
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whose prior is the stand-in DFT's "
-                    f"own model ({STAND_IN['backend_options']['model']}), so the prior is exact before any "
-                    "fine-tuning. Its calls are what the default driver itself needs (the first point, the trust "
-                    "radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard calls, the verification "
-                    "and the tight finish, one call where the verification lands below fmax/3): the floor that no "
-                    "better prior can go below with this driver.")
+EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whose prior is the parent's own "
+                    f"model (the stand-in DFT's {STAND_IN['backend_options']['model']}; on the EMT set, EMT), so the "
+                    "prior is exact before any fine-tuning. Its calls are what the default driver itself needs (the "
+                    "first point, the trust radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard "
+                    "calls, the verification and the tight finish, one call where the verification lands below "
+                    "fmax/3): the floor that no better prior can go below with this driver.")
 
 
 START_MATCH_NOTE = (" `learner-start-match` is the default learner without its checked local GP (the default until "

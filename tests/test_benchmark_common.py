@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,18 +33,32 @@ def test_sigterm_removes_the_run_directory(tmp_path: Path) -> None:
     assert not run_dir.exists()
 
 
-def test_the_exact_prior_runs_only_where_the_parent_is_a_sevennet_stand_in() -> None:
+def test_the_exact_prior_runs_only_where_the_parent_is_a_sevennet_stand_in_or_emt() -> None:
+    from ase.build import add_adsorbate, fcc111
+    from ase.calculators.emt import EMT
+
     from benchmarks.relaxation_methods import EXACT_PRIOR, STAND_IN, applicable, surrogate_for
 
-    emt = {"backend": "emt"}
-    assert applicable(EXACT_PRIOR, STAND_IN) and not applicable(EXACT_PRIOR, emt)
-    assert applicable("learner-default", emt)
-    with pytest.raises(ValueError, match="SevenNet"):
-        surrogate_for(EXACT_PRIOR, "default", emt, {})
+    emt, other = {"backend": "emt"}, {"backend": "ase:some.other.Calculator"}
+    assert applicable(EXACT_PRIOR, STAND_IN) and applicable(EXACT_PRIOR, emt) and not applicable(EXACT_PRIOR, other)
+    assert applicable("learner-default", other)
+    with pytest.raises(ValueError, match="SevenNet model or EMT"):
+        surrogate_for(EXACT_PRIOR, "default", other, {})
     surrogates: dict = {}
     exact = surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates)
     assert exact.settings.model == STAND_IN["backend_options"]["model"] == "7net-l3i5"
     assert surrogate_for(EXACT_PRIOR, "default", STAND_IN, surrogates) is exact  # built once
+    # on the EMT set the prior is EMT itself, and fine-tuning leaves it as it is
+    slab = fcc111("Cu", (2, 2, 2), vacuum=6.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    frozen = surrogate_for(EXACT_PRIOR, "default", emt, surrogates)
+    reference = slab.copy()
+    reference.calc = EMT()
+    before = frozen.predict(slab)
+    assert before.energy == pytest.approx(reference.get_potential_energy())
+    assert np.allclose(before.forces, reference.get_forces())
+    frozen.fine_tune([])
+    assert np.array_equal(frozen.predict(slab).forces, before.forces)
 
 
 def test_default_rows_from_before_the_split_say_their_rejections_are_mixed() -> None:
