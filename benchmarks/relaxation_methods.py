@@ -13,9 +13,8 @@ model-checked finish; ``finetuna_core.trust_driver``), and ``learner-default-exa
 measurement rather than a method: the default learner with the parent's own model as its prior
 (the stand-in DFT's SevenNet model; on the EMT set, EMT), whose calls are the driver's floor.
 ``vasp-cg-previous`` in the results files is the fake's CG before its line search was fixed (kept,
-not rerun). Metrics as in finetuna-facts
-section 3 (DFT calls relative to CG, mean and pooled; accuracy = parent fmax <= 0.03 eV/A and
-E <= E_CG + 0.02 eV).
+not rerun). Metrics as in finetuna-facts section 3 (DFT calls relative to CG, mean and pooled;
+accuracy = parent fmax <= 0.03 eV/A and E <= E_CG + 0.02 eV).
 
 System sets:
 * ``emt``: adsorbate-slab systems built with ASE for the EMT elements; parent = the fake VASP with
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import MOCK_VASP, RESULTS, machine, prepare_environment, table
+from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
 
 FMAX = 0.03
 LEARNER_STEPS = 300  # optimizer steps on the learner before a run counts as not converged (paper's variants)
@@ -204,36 +204,30 @@ def applicable(method: str, settings: dict) -> bool:
     return method != EXACT_PRIOR or exact_prior_model(settings) is not None
 
 
-class FrozenEMT:
+class FrozenEMT(Surrogate):
     """EMT as a surrogate that never learns: the EMT set's exact prior (a measurement, not a method)."""
 
-    def __new__(cls):
+    name = "frozen-emt"
+
+    def predict(self, atoms) -> Prediction:
         from ase.calculators.emt import EMT
 
-        from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+        work = atoms.copy()
+        work.calc = EMT()
+        return Prediction(energy=work.get_potential_energy(), forces=work.get_forces(apply_constraint=False))
 
-        class _FrozenEMT(Surrogate):
-            name = "frozen-emt"
+    def fine_tune(self, points) -> FineTuneReport:
+        return FineTuneReport("none", len(points), 0.0)
 
-            def predict(self, atoms):
-                work = atoms.copy()
-                work.calc = EMT()
-                return Prediction(energy=work.get_potential_energy(), forces=work.get_forces(apply_constraint=False))
+    def reset(self) -> None:
+        pass
 
-            def fine_tune(self, points):
-                return FineTuneReport("none", len(points), 0.0)
+    def save(self, path) -> None:
+        raise NotImplementedError("the frozen EMT prior has no state to save")
 
-            def reset(self):
-                pass
-
-            def save(self, path):
-                raise NotImplementedError("the frozen EMT prior has no state to save")
-
-            @classmethod
-            def load(cls, path):
-                raise NotImplementedError("the frozen EMT prior has no state to load")
-
-        return _FrozenEMT()
+    @classmethod
+    def load(cls, path) -> FrozenEMT:
+        raise NotImplementedError("the frozen EMT prior has no state to load")
 
 
 def surrogate_for(method: str, policy: str, settings: dict, surrogates: dict):
