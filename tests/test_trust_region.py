@@ -297,6 +297,18 @@ def test_the_first_verification_is_already_the_tight_finish():
     assert earlier.converged and earlier.fmax < 0.01 and earlier.parent_calls == 3 and len(verified) == 2
 
 
+def stiff_well(positions):
+    """An anisotropic well (curvatures 6, 1, 0.3 plus a quartic term) at (1, 0.5, -0.3)."""
+    d = positions[0] - np.array([1.0, 0.5, -0.3])
+    return float(0.5 * d @ np.diag([6.0, 1.0, 0.3]) @ d + 0.2 * np.sum(d**4))
+
+
+def soft_well(positions):
+    """A surrogate for :func:`stiff_well` that has its stiff direction wrong (curvature 1) and its minimum off."""
+    d = positions[0] - np.array([0.8, 0.7, -0.2])
+    return float(0.5 * d @ d)
+
+
 def _relax_lone_atom(kind, parent_energy, surrogate_energy):
     from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
 
@@ -320,19 +332,9 @@ def test_the_default_applies_the_local_gp_only_once_it_predicted_new_parent_poin
     from finetuna_core.correction import GPCheck
     from finetuna_core.learner import LearnerSettings
 
-    stiffness = np.diag([6.0, 1.0, 0.3])
-
-    def parent(positions):
-        d = positions[0] - np.array([1.0, 0.5, -0.3])
-        return float(0.5 * d @ stiffness @ d + 0.2 * np.sum(d**4))
-
-    def surrogate(positions):
-        d = positions[0] - np.array([0.8, 0.7, -0.2])
-        return float(0.5 * d @ d)
-
     assert LearnerSettings().correction.kind == "checked-gp"
-    checked, learner = _relax_lone_atom("checked-gp", parent, surrogate)
-    match, _ = _relax_lone_atom("start-match", parent, surrogate)
+    checked, learner = _relax_lone_atom("checked-gp", stiff_well, soft_well)
+    match, _ = _relax_lone_atom("start-match", stiff_well, soft_well)
     assert checked.converged and match.converged
     assert checked.energy == pytest.approx(match.energy, abs=1e-3)
     assert checked.parent_calls <= match.parent_calls - 4
@@ -353,20 +355,10 @@ def test_a_resumed_learner_takes_up_its_trust_radius_and_gp_record(tmp_path):
     from finetuna_core.learner import OnlineLearner
     from finetuna_core.relax import learner_setup, relax
 
-    stiffness = np.diag([6.0, 1.0, 0.3])
-
-    def parent(positions):
-        d = positions[0] - np.array([1.0, 0.5, -0.3])
-        return float(0.5 * d @ stiffness @ d + 0.2 * np.sum(d**4))
-
-    def surrogate(positions):
-        d = positions[0] - np.array([0.8, 0.7, -0.2])
-        return float(0.5 * d @ d)
-
     setup = learner_setup()
 
     def learner():
-        return OnlineLearner(AnalyticParent(parent), AnalyticSurrogate(surrogate), setup.policy,
+        return OnlineLearner(AnalyticParent(stiff_well), AnalyticSurrogate(soft_well), setup.policy,
                              directory=str(tmp_path))
 
     first = learner()
