@@ -368,6 +368,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     if report_only:  # score what earlier (possibly interrupted) runs finished; each method on its systems
         runs = {name: result for name, result in runs.items() if "vasp-cg" in result}
         systems = {}
+    ran = False  # whether this process added a run (else the file keeps the machine it names)
     for name, atoms in systems.items():
         finished = runs.setdefault(name, {})
         missing = [m for m in methods if m not in finished]
@@ -391,6 +392,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
                                           "parent_calls": float("nan"), "energy": float("nan"),
                                           "fmax": float("nan")}
                 runs[name][method]["wall_seconds"] = time.perf_counter() - started
+                ran = True
                 if progress:
                     progress.update(1)
                 _save(out, label, methods, runs, settings, len(atoms))  # an interruption loses one run
@@ -404,36 +406,40 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
                        ("ratio_sem", "sem"), ("ratio_pooled", "pooled"), ("accuracy", "accuracy"),
                        ("time_capped", "time-capped"), ("baseline_capped", "CG not converged")]))
     pictures = figures(runs, scores, label)
-    payload = _save(out, label, methods, runs, settings, None, rows, pictures)
+    payload = _save(out, label, methods, runs, settings, None, rows, pictures, new_runs=ran)
     return payload
 
 
-def _runs_on_disk(path: Path) -> dict:
-    """The runs in the results file as it is now (another process may be writing it)."""
+def _on_disk(path: Path) -> dict:
+    """The results file as it is now (another process may be writing it); {} when unreadable."""
     try:
-        return json.loads(path.read_text()).get("runs", {})
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
 def _saved_run(path: Path, name: str, method: str) -> dict | None:
-    return _runs_on_disk(path).get(name, {}).get(method)
+    return _on_disk(path).get("runs", {}).get(name, {}).get(method)
 
 
-def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictures=None) -> dict:
+def _save(path: Path, label, methods, runs, settings, _natoms, rows=None, pictures=None,
+          new_runs: bool = True) -> dict:
     """Write the results, first taking in runs another benchmark process saved meanwhile.
 
     Runs of different methods can then go in parallel processes (one per core) on one file.
+    Without ``new_runs`` (a rescoring) the file keeps the machine and date of its last run.
     """
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for name, by_method in _runs_on_disk(path).items():
+        disk = _on_disk(path)
+        for name, by_method in disk.get("runs", {}).items():
             for method, result in by_method.items():
                 runs.setdefault(name, {}).setdefault(method, result)
-        payload = {"benchmark": f"relaxation_{label}", "machine": machine(), "methods": list(methods),
+        where = machine() if new_runs or "machine" not in disk else disk["machine"]
+        payload = {"benchmark": f"relaxation_{label}", "machine": where, "methods": list(methods),
                    "fmax": FMAX, "parent_settings": settings, "runs": runs}
         if rows is not None:
             payload["scores"] = rows

@@ -68,3 +68,22 @@ def test_default_rows_from_before_the_split_say_their_rejections_are_mixed() -> 
     assert _guards(old) == {"rejected_uphill_or_not_better": 4, "finish_phase": 1}
     new = {"extra": {"guards": {"rejected_uphill": 4, "rejected_not_better": 2, "finish_phase": 1}}}
     assert _guards(new) == new["extra"]["guards"]
+
+
+def test_rescoring_a_results_file_keeps_the_machine_of_its_runs(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import benchmarks.relaxation_methods as rm
+
+    real = json.loads((ROOT / "benchmarks" / "results" / "relaxation_emt.json").read_text())
+    methods = ("vasp-cg", "learner-default")
+    runs = {name: {m: by_method[m] for m in methods} for name, by_method in list(real["runs"].items())[:3]}
+    recorded = {"platform": "the machine that ran them", "date": "2026-01-01 00:00:00"}
+    path = tmp_path / "relaxation_emt.json"
+    path.write_text(json.dumps({"machine": recorded, "runs": runs}))
+    monkeypatch.setattr(rm, "RESULTS", tmp_path)
+    payload = rm.run_set("emt", {}, {"backend": "emt"}, methods, {}, fresh=False, report_only=True)
+    assert payload["machine"] == recorded
+    assert json.loads(path.read_text())["machine"] == recorded
+    assert {row["method"] for row in payload["scores"]} == set(methods)
+    assert json.loads(path.read_text())["runs"] == runs
