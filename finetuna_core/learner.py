@@ -499,4 +499,8 @@ class OnlineLearner(Calculator):
             "seconds_predict": sum(r.seconds_predict for r in self.records),
             "reasons": [r.reason for r in parent],
             "trust_verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+            # per parent call: why it was asked, what it did to the trust region, how well the
+            # model had predicted it (the record's extras), so a run can be diagnosed from its result
+            "parent_log": [{"step": r.step, "source": r.source, "reason": r.reason, "energy": r.energy,
+                            "fmax": r.fmax, **r.extra} for r in parent],
         }

@@ -93,6 +93,10 @@ def test_the_default_driver_leaves_a_two_point_loop_inside_the_uphill_tolerance(
     assert "rejected" in verdicts
     # counted apart from uphill rejections: this one is within the tolerance
     assert result.extra["guards"]["rejected_not_better"] >= 1 and result.extra["guards"]["rejected_uphill"] == 0
+    # every parent call's trust update travels with the result
+    log = [entry for entry in result.extra["parent_log"] if entry["source"] == "parent"]  # not revisits
+    assert len(log) == result.parent_calls and [entry["trust_verdict"] for entry in log] == verdicts
+    assert any(entry.get("trust_rejection") == "not-better" for entry in log)
     looping, _ = run(False)
     assert not looping.converged and looping.parent_calls == 15
     with_gp, _ = run(False, correction="checked-gp")
