@@ -149,3 +149,29 @@ def test_bad_inputs() -> None:
         RidgeSettings(cv_rule="best")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one"):
         fit_ridge([], np.ones(0), np.ones(2), PLAIN)
+
+
+def test_energy_rows_fit_what_the_forces_do_not_see() -> None:
+    """Forces that never involve the last feature leave its weight at w0; energy differences that do
+    involve it move it to the truth, and with energy_weight 0 the rows are ignored."""
+    rng = np.random.default_rng(5)
+    w0 = rng.normal(size=N_FEATURES)
+    w_true = w0 + rng.normal(size=N_FEATURES)
+    points = synthetic_points(w_true, n_points=5, n_free=4, noise=0.0, seed=6)
+    for point in points:
+        point.design[:, -1] = 0.0
+        point.target[:] = point.design @ w_true
+    features = [rng.normal(size=N_FEATURES) for _ in points]
+    with_energy = [
+        dataclasses.replace(point, energy_design=s - features[-1], energy_target=float((s - features[-1]) @ w_true))
+        for point, s in zip(points[:-1], features[:-1], strict=True)
+    ] + [points[-1]]
+    forces_only = fit_ridge(with_energy, point_weights(with_energy, PLAIN), w0, PLAIN)
+    assert forces_only.weights[-1] == pytest.approx(w0[-1], abs=1e-9)
+    energy = dataclasses.replace(PLAIN, energy_weight=1.0)
+    fitted = fit_ridge(with_energy, point_weights(with_energy, energy), w0, energy)
+    assert abs(fitted.weights[-1] - w_true[-1]) < 0.05 * abs(w_true[-1] - w0[-1])
+    with pytest.raises(ValueError, match="energy row"):
+        LinearForcePoint(design=np.ones((3, 2)), target=np.ones(3), energy_design=np.ones(3))
+    with pytest.raises(ValueError, match="energy_weight"):
+        RidgeSettings(energy_weight=-1.0)

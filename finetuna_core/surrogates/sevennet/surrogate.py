@@ -229,12 +229,28 @@ class SevenNetSurrogate(Surrogate):
         t_jac = time.perf_counter()
         n_cached = len(self._jacobian_cache)
         data = [self._linear_point(p) for p in usable]
+        if self.settings.energy_weight > 0 and len(usable) >= 2:
+            data = self._with_energy_rows(usable, data)
         details: dict[str, Any] = {
             "seconds_jacobian": time.perf_counter() - t_jac,
             "new_jacobians": max(0, len(self._jacobian_cache) - n_cached),
             "skipped_points_without_free_atoms": len(list(points)) - len(usable),
         }
         return self._fit(usable, data, details, start, self.settings.method)
+
+    def _with_energy_rows(self, usable: Sequence[LabelledPoint],
+                          data: list[ridge.LinearForcePoint]) -> list[ridge.LinearForcePoint]:
+        """``data`` with an energy row on every point of the newest point's composition (the anchor)."""
+        anchor = usable[-1]
+        s_a = self._features(anchor.atoms)[0]
+        numbers = anchor.atoms.get_atomic_numbers()
+        out = []
+        for p, d in zip(usable, data, strict=True):
+            if p is not anchor and np.array_equal(p.atoms.get_atomic_numbers(), numbers):
+                s_p = self._features(p.atoms)[0]
+                d = dataclasses.replace(d, energy_design=s_p - s_a, energy_target=float(p.energy - anchor.energy))
+            out.append(d)
+        return out
 
     @property
     def fits_force_changes(self) -> bool:
