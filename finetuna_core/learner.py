@@ -57,12 +57,18 @@ class LearnerSettings:
     # segments learner's: the model's curvature, what the start match leaves; where the surrogate
     # can, else forces)
     fit: FitTarget = "forces"
+    # with fit="forces", where the surrogate can: each parent point's energy relative to the newest
+    # point's is fitted too, weighted this much against the point's forces (0: forces only). The
+    # trust region judges segments by energy changes; this teaches the surrogate those it has seen.
+    energy_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.fit not in ("forces", "changes"):
             raise ValueError(f"fit must be 'forces' or 'changes', got {self.fit!r}")
         if self.offset_window < 1:
             raise ValueError("offset_window must be >= 1")
+        if self.energy_weight < 0:
+            raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
 
 
 @dataclass
@@ -389,6 +395,8 @@ class OnlineLearner(Calculator):
         start = self.segment_start
         if self._fits_changes and start is not None:
             report = self.surrogate.fine_tune_changes(points, start)
+        elif self.settings.energy_weight > 0 and self.surrogate.fits_energy_differences:
+            report = self.surrogate.fine_tune_energies(points, self.settings.energy_weight)
         else:
             report = self.surrogate.fine_tune(points)
         self.finetune_reports.append(report)

@@ -44,13 +44,13 @@ OPTIMIZERS = {"bfgs": BFGS, "fire": FIRE, "gpmin": GPMin}
 Driver = Literal["optimizer", "segments"]
 
 # the paper's learner: the refit surrogate alone (no start match), fitted on forces
-PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces")
-# the default without the checked local GP (the default until 2026-12-06)
-START_MATCH_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="start-match"))
+PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces", energy_weight=0.0)
+# the default without the checked local GP and without energy rows (the default until 2026-12-06)
+START_MATCH_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="start-match"), energy_weight=0.0)
 # the segments learner: the start match plus the local GP, the refit fitting force changes
 # not-better rejections cost the segments driver calls (CO/Cu(111) 41 -> 50): its probes judge the end
 SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes",
-                                    trust_region=TrustRegion(reject_worse_forces=False))
+                                    trust_region=TrustRegion(reject_worse_forces=False), energy_weight=0.0)
 
 
 class CountingCalculator(Calculator):

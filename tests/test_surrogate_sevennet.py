@@ -351,7 +351,7 @@ def test_values_at_fitted_points_agree_with_predict(model: SevenNetSurrogate, sp
 @pytest.mark.slow
 @pytest.mark.shared
 def test_energy_rows_fit_the_parent_energy_differences(model: SevenNetSurrogate, split) -> None:
-    """With ``energy_weight`` the refit also fits each point's energy relative to the newest point's:
+    """``fine_tune_energies`` also fits each point's energy relative to the newest point's:
     the fitted points' energy differences come out closer to the parent's (on this trajectory the later
     frames, 10 meV off already, do not gain: 10.6 -> 11.4 meV measured)."""
     points, _ = split
@@ -368,10 +368,12 @@ def test_energy_rows_fit_the_parent_energy_differences(model: SevenNetSurrogate,
     model.fine_tune(points)
     forces_only = errors()
     assert model.last_report.details["cv_mode"] == "leave-one-point-out"
-    model.update_settings(energy_weight=1.0)
-    try:
-        model.fine_tune(points)
-        with_energy = errors()
-    finally:
-        model.update_settings(energy_weight=0.0)
+    assert model.fits_energy_differences
+    report = model.fine_tune_energies(points, 1.0)
+    with_energy = errors()
+    assert report.details["energy_weight"] == 1.0
+    with pytest.raises(ValueError, match="energy_weight"):
+        model.fine_tune_energies(points, -1.0)
+    with pytest.raises(NotImplementedError, match="ridge"):
+        SevenNetSurrogate(method="paper").fine_tune_energies(points, 1.0)
     assert with_energy < 0.5 * forces_only  # measured 171 -> 61 meV

@@ -397,3 +397,61 @@ def test_where_the_gp_mispredicts_the_default_ends_as_low_as_the_start_match():
     assert always.energy > match.energy + 0.005  # the failure the check is for
     assert checked.energy == pytest.approx(match.energy, abs=1e-3)
 
+
+
+def test_the_default_learner_fits_energy_differences_and_the_named_variants_forces_only():
+    """The default refit also fits parent energy differences (where the surrogate can); the paper's
+    learners and the start-match keep their published or previous fit."""
+    from helpers import AnalyticParent, analytic_results, lone_atom
+
+    from finetuna_core.learner import LearnerSettings, OnlineLearner
+    from finetuna_core.relax import learner_setup, relax
+    from finetuna_core.surrogates.base import FineTuneReport, Prediction, Surrogate
+
+    def parent(positions):
+        return 2.0 * float(np.sum(positions[0] ** 2))
+
+    class Recording(Surrogate):
+        """A fixed quadratic well that records which fit the learner asked for."""
+
+        def __init__(self):
+            self.fits: set[str] = set()
+
+        def predict(self, atoms):
+            results = analytic_results(lambda x: 0.9 * float(np.sum((x[0] - [0.05, 0.0, 0.0]) ** 2)), atoms.positions)
+            return Prediction(energy=results["energy"], forces=results["forces"])
+
+        def fine_tune(self, points):
+            self.fits.add("forces")
+            return FineTuneReport("none", len(points), 0.0)
+
+        @property
+        def fits_energy_differences(self):
+            return True
+
+        def fine_tune_energies(self, points, energy_weight):
+            self.fits.add(f"energies {energy_weight}")
+            return FineTuneReport("none", len(points), 0.0)
+
+        def reset(self):
+            self.fits.clear()
+
+        def save(self, path):
+            raise NotImplementedError
+
+        @classmethod
+        def load(cls, path):
+            raise NotImplementedError
+
+    def fits(query):
+        surrogate, setup = Recording(), learner_setup(query)
+        learner = OnlineLearner(AnalyticParent(parent), surrogate, setup.policy, settings=setup.settings)
+        relax(lone_atom(0.3), learner, fmax=0.03, steps=200, max_parent_calls=6, guards=setup.guards,
+              driver=setup.driver)
+        return surrogate.fits
+
+    assert fits("default") == {"energies 0.3"}
+    for query in ("start-match", "relax-only", "k-steps"):
+        assert fits(query) == {"forces"}, query
+    with pytest.raises(ValueError, match="energy_weight"):
+        LearnerSettings(energy_weight=-0.1)

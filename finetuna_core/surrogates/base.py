@@ -130,8 +130,9 @@ class Surrogate(ABC):
     """A fine-tunable machine-learned potential used by the online learner.
 
     Optional abilities, with defaults here: :meth:`fine_tune_changes` where
-    :attr:`fits_force_changes` is true, and :meth:`values_at`, which backends may answer from what
-    they cached while fine-tuning.
+    :attr:`fits_force_changes` is true, :meth:`fine_tune_energies` where
+    :attr:`fits_energy_differences` is true, and :meth:`values_at`, which backends may answer from
+    what they cached while fine-tuning.
     """
 
     name: str = "surrogate"
@@ -157,6 +158,19 @@ class Surrogate(ABC):
         that. Only backends with :attr:`fits_force_changes` implement it.
         """
         raise NotImplementedError(f"the {self.name} surrogate cannot fit force changes")
+
+    @property
+    def fits_energy_differences(self) -> bool:
+        """Whether :meth:`fine_tune_energies` is available (it is not by default)."""
+        return False
+
+    def fine_tune_energies(self, points: Sequence[LabelledPoint], energy_weight: float) -> FineTuneReport:
+        """:meth:`fine_tune` that also fits each point's energy relative to the newest point's.
+
+        ``energy_weight`` weighs a point's energy against its forces (0: :meth:`fine_tune`). Only
+        backends with :attr:`fits_energy_differences` implement it.
+        """
+        raise NotImplementedError(f"the {self.name} surrogate cannot fit energy differences")
 
     def values_at(self, atoms: Atoms) -> tuple[float, np.ndarray]:
         """Energy and the forces on the free atoms (n_free, 3) under the current fit.

@@ -52,10 +52,9 @@ class SevenNetSettings:
         cache_size: number of per-point Jacobians kept (LRU).
     Ridge refit (see :class:`~finetuna_core.surrogates.training.ridge.RidgeSettings`)
         relative_weighting, force_floor, recency_decay, lambda_grid, cv_rule,
-        one_point_folds, single_point_min_lambda, fixed_lambda, energy_weight (each point's energy
-        relative to the newest point's as one more row of the ridge fit; 0, off, by default; the
-        paper's recipe and the ensemble's bootstrap fit forces only), energy_floor.  Relative
-        weighting measured a median test-MAE ratio at 3 points of 0.07 with it, 0.43 without.
+        one_point_folds, single_point_min_lambda, fixed_lambda, energy_floor (of the energy rows
+        that :meth:`~.surrogate.SevenNetSurrogate.fine_tune_energies` adds).  Relative weighting
+        measured a median test-MAE ratio at 3 points of 0.07 with it, 0.43 without.
     Paper recipe (see :class:`~finetuna_core.surrogates.training.paper.PaperRecipe`)
         epochs, lr, weight_decay, amsgrad, plateau_factor, plateau_patience, force_loss_weight.
         paper_train_on: ``"all"`` points given (the interface) or ``"newest"`` only (the
@@ -81,7 +80,6 @@ class SevenNetSettings:
     one_point_folds: int = RidgeSettings.one_point_folds
     single_point_min_lambda: float = RidgeSettings.single_point_min_lambda
     fixed_lambda: float | None = RidgeSettings.fixed_lambda
-    energy_weight: float = RidgeSettings.energy_weight
     energy_floor: float = RidgeSettings.energy_floor
     epochs: int = PaperRecipe.epochs
     lr: float = PaperRecipe.lr
@@ -122,7 +120,6 @@ class SevenNetSettings:
             single_point_min_lambda=self.single_point_min_lambda,
             fixed_lambda=self.fixed_lambda,
             seed=self.seed,
-            energy_weight=self.energy_weight,
             energy_floor=self.energy_floor,
         )
 

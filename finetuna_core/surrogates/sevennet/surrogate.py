@@ -224,19 +224,39 @@ class SevenNetSurrogate(Surrogate):
 
     def fine_tune(self, points: Sequence[LabelledPoint]) -> FineTuneReport:
         """Fine-tune on ALL ``points`` (oldest first) with ``settings.method``."""
+        return self._fine_tune(points, 0.0)
+
+    @property
+    def fits_energy_differences(self) -> bool:
+        """The ridge refit can fit energy differences; the paper's recipe fits forces only."""
+        return self.settings.method == "ridge"
+
+    def fine_tune_energies(self, points: Sequence[LabelledPoint], energy_weight: float) -> FineTuneReport:
+        """Ridge refit on the forces and, for every point of the newest point's composition, its
+        energy relative to the newest point's (one row each, weighted ``energy_weight`` against the
+        point's forces at the same relative error; see :mod:`~finetuna_core.surrogates.training.ridge`)."""
+        if not self.fits_energy_differences:
+            raise NotImplementedError("energy differences are fitted by the ridge refit only (method='ridge')")
+        if energy_weight < 0:
+            raise ValueError(f"energy_weight must be >= 0, got {energy_weight}")
+        return self._fine_tune(points, energy_weight)
+
+    def _fine_tune(self, points: Sequence[LabelledPoint], energy_weight: float) -> FineTuneReport:
         start = time.perf_counter()
         usable = self._usable(points)
         t_jac = time.perf_counter()
         n_cached = len(self._jacobian_cache)
         data = [self._linear_point(p) for p in usable]
-        if self.settings.energy_weight > 0 and len(usable) >= 2:
+        if energy_weight > 0 and len(usable) >= 2:
             data = self._with_energy_rows(usable, data)
         details: dict[str, Any] = {
             "seconds_jacobian": time.perf_counter() - t_jac,
             "new_jacobians": max(0, len(self._jacobian_cache) - n_cached),
             "skipped_points_without_free_atoms": len(list(points)) - len(usable),
         }
-        return self._fit(usable, data, details, start, self.settings.method)
+        if energy_weight > 0:
+            details["energy_weight"] = energy_weight
+        return self._fit(usable, data, details, start, self.settings.method, energy_weight)
 
     def _with_energy_rows(self, usable: Sequence[LabelledPoint],
                           data: list[ridge.LinearForcePoint]) -> list[ridge.LinearForcePoint]:
@@ -279,10 +299,10 @@ class SevenNetSurrogate(Surrogate):
         return self._fit(others, data, details, start, "ridge")
 
     def _fit(self, usable: Sequence[LabelledPoint], data: Sequence[ridge.LinearForcePoint], details: dict[str, Any],
-             start: float, method: str) -> FineTuneReport:
-        """Fit the head on the linear ``data`` (forces or force changes) and report."""
+             start: float, method: str, energy_weight: float = 0.0) -> FineTuneReport:
+        """Fit the head on the linear ``data`` (forces or force changes, energy rows if any) and report."""
         s = self.settings
-        ridge_settings = s.ridge_settings()
+        ridge_settings = dataclasses.replace(s.ridge_settings(), energy_weight=energy_weight)
         details["train_mae_before"] = ridge.train_mae(data, self.effective_head())
         weights = ridge.point_weights(data, ridge_settings)
         fit: ridge.RidgeFit | None = None

@@ -13,7 +13,8 @@ there are two or more points, K folds over the free atoms of a single point othe
 A point may also carry one energy row, ``(S_p - S_a) . w = E_p - E_a`` (its energy relative to an
 anchor point of the same composition), weighted ``energy_weight / (dE^2 + energy_floor^2)``: with
 ``energy_weight = 1`` a point's energy counts as much as all its forces at the same relative error.
-It is held out with its point. Off by default (see :class:`RidgeSettings`).
+It is held out with its point. Off by default (see :class:`RidgeSettings`); the default learner
+turns it on (``LearnerSettings.energy_weight``).
 """
 
 from __future__ import annotations
@@ -72,10 +73,7 @@ class RidgeSettings:
             atoms of one frame are correlated, so atom-fold CV is optimistic.
         fixed_lambda: skip CV and use this relative strength.
         seed: seed of the atom folds and of the bootstrap resampling.
-        energy_weight: weight of a point's energy row against its forces (0: forces only, the
-            default). Measured in the default learner with 0.3, against 0: EMT set 217 -> 206
-            parent calls, OC20 set 160 -> 148 (mean ratio to CG 0.231 -> 0.239), every run as
-            accurate; the generated set is in the commit's note.
+        energy_weight: weight of a point's energy row against its forces (0: forces only).
         energy_floor: eV, the floor of the energy row's relative weight.
     """
 
