@@ -19,9 +19,10 @@ EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whos
                     "fmax/3): the floor that no better prior can go below with this driver.")
 
 
-START_MATCH_NOTE = (" `learner-start-match` is the default learner without its checked local GP (the default until "
-                    "2026-12-06): the model is the refit surrogate force-matched at each segment's start, never "
-                    "corrected by the GP through the nearby parent points.")
+START_MATCH_NOTE = (" `learner-start-match` is the default learner without its checked local GP and without the "
+                    "energy rows in its refit (the default until 2026-12-06): the model is the refit surrogate "
+                    "force-matched at each segment's start, never corrected by the GP through the nearby parent "
+                    "points, and the refit fits forces only.")
 
 
 def _load(name):
