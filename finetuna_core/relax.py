@@ -175,13 +175,13 @@ def learner_setup(query: Literal["default", "start-match", "segments"] | PolicyN
     """The default learner (``"default"`` or ``"trust-region"``), the segments learner or one of the paper's.
 
     The default: adaptive trust region with a stall guard, forces matched at each segment's start
-    plus a local GP while it predicts the parent better than the match alone, uphill segments
-    rejected, a tight finish. ``"start-match"``: the same without the GP (the default until
-    2026-12-06). ``"segments"``: the trust-region segments driver on
-    the start-matched, GP-corrected model (fewer parent calls, less accurate on floppy systems;
-    see the README). The paper's ``"relax-only"``, ``"k-steps"`` and ``"uncertainty"`` run as
-    published: no force matching, no guards. Pass the setup's ``guards`` and ``driver`` to
-    :func:`relax`.
+    plus a local GP while it predicts the parent better than the match alone, a refit on parent
+    forces and energy differences, uphill segments rejected, a tight finish. ``"start-match"``: the
+    same without the GP and with a refit on forces only (the default until 2026-12-06).
+    ``"segments"``: the trust-region segments driver on the start-matched, GP-corrected model
+    (fewer parent calls, less accurate on floppy systems; see the README). The paper's
+    ``"relax-only"``, ``"k-steps"`` and ``"uncertainty"`` run as published: no force matching, no
+    guards, a refit on forces. Pass the setup's ``guards`` and ``driver`` to :func:`relax`.
     """
     trust_region_learners = {"default": LearnerSettings(), "trust-region": LearnerSettings(),
                              "start-match": START_MATCH_SETTINGS, "segments": SEGMENTS_SETTINGS}
