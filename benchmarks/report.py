@@ -185,8 +185,9 @@ def build() -> str:
                 "returned, surrogate inference, driver). Python share = that time over the projected total. A speed-up "
                 "counts only with its accuracy (column `accuracy`, same rule as section 2). Seconds are medians per "
                 "run as measured in each method's own benchmark runs on the 2-core machine, whose load differed: "
-                "learner-default's OC20 runs had the machine to themselves, its generated runs ran as two processes "
-                "(one per core), several other rows were measured beside two to four processes. Contention only adds "
+                "learner-default's runs ran as one process per core (its generated runs with a test run beside them "
+                "for most of their first half), several other rows were measured beside two to four processes. "
+                "Contention only adds "
                 "time, so each inference figure is an upper bound, and a comparison between methods holds only where "
                 "the loads were alike.", "",
                 _table(wall["summary"], [("set", "set"), ("method", "method"), ("systems", "systems"),
