@@ -357,13 +357,11 @@ def test_energy_rows_fit_the_parent_energy_differences(model: SevenNetSurrogate,
     points, _ = split
     anchor = points[-1]
 
-    def difference_errors(atoms_list: list[Atoms], energies: list[float]) -> float:
-        base = model.predict(anchor.atoms).energy
-        return float(np.mean([abs(model.predict(a).energy - base - (e - anchor.energy))
-                              for a, e in zip(atoms_list, energies, strict=True)]))
-
     def errors() -> float:
-        return difference_errors([p.atoms for p in points[:-1]], [p.energy for p in points[:-1]])
+        """Mean error of the model's energy differences to the anchor over the other fitted points."""
+        base = model.predict(anchor.atoms).energy
+        return float(np.mean([abs(model.predict(p.atoms).energy - base - (p.energy - anchor.energy))
+                              for p in points[:-1]]))
 
     model.fine_tune(points)
     forces_only = errors()
