@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +36,8 @@ from .trust_driver import TrustDriverSettings, relax_trust_region
 __all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "START_MATCH_SETTINGS",
            "CountingCalculator", "Driver",
            "Guards", "LearnerSetup", "RelaxResult", "RelaxStatus", "curvature_is_positive", "learner_setup",
-           "rebuild_bfgs_hessian", "relax", "relax_parent_only", "relax_vasp_cg", "relax_warm_start"]
+           "read_vasp_relaxation", "rebuild_bfgs_hessian", "relax", "relax_parent_only", "relax_vasp_cg",
+           "relax_warm_start"]
 
 OPTIMIZERS = {"bfgs": BFGS, "fire": FIRE, "gpmin": GPMin}
 
@@ -433,11 +435,28 @@ def relax_warm_start(atoms: Atoms, surrogate: Surrogate, parent: Calculator, fma
     return result
 
 
+def read_vasp_relaxation(directory: str | Path) -> tuple[int, Atoms, int]:
+    """Ionic steps, the last ionic step's structure (VASP's order) and the SCF steps of a VASP relaxation.
+
+    Only the last OUTCAR frame is parsed and the steps are counted in OSZICAR: a trial step that put
+    two atoms almost on top of each other prints forces of 10^6 eV/A, whose fixed-width columns run
+    into each other (as real VASP's do), and ASE's parser fails on such a frame wherever it is.
+    """
+    from ase.io import read
+
+    directory = Path(directory)
+    with open(directory / "OSZICAR") as handle:
+        lines = handle.readlines()
+    steps = sum(1 for line in lines if " F=" in line)
+    scf_steps = sum(1 for line in lines if line[:4] in ("DAV:", "RMM:"))
+    final = read(directory / "OUTCAR", format="vasp-out", index=-1)
+    return steps, final, scf_steps
+
+
 def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: float = 0.03, nsw: int = 500,
                   potim: float = 0.5, **vasp_parameters: Any) -> RelaxResult:
     """VASP's own conjugate gradients (``IBRION = 2``, ``EDIFFG = -fmax``) through ASE's ``Vasp``."""
     from ase.calculators.vasp import Vasp
-    from ase.io import read
 
     started = time.perf_counter()
     parameters = {"xc": "PBE", "kpts": (1, 1, 1)}
@@ -448,10 +467,7 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
     work = atoms.copy()
     work.calc = calc
     work.get_potential_energy()
-    frames = read(f"{directory}/OUTCAR", format="vasp-out", index=":")
-    final = frames[-1]
-    with open(f"{directory}/OSZICAR") as handle:
-        scf_total = sum(1 for line in handle if line[:4] in ("DAV:", "RMM:"))
+    steps, final, scf_total = read_vasp_relaxation(directory)
     resort = calc.resort
     forces = final.get_forces(apply_constraint=False)[resort]
     relaxed = atoms.copy()
@@ -460,8 +476,8 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
     return RelaxResult(
         method="vasp-cg",
         status="converged" if parent_fmax < fmax else "max-steps",
-        parent_calls=len(frames),
-        force_calls=len(frames),
+        parent_calls=steps,
+        force_calls=steps,
         energy=float(final.get_potential_energy()),
         fmax=parent_fmax,
         seconds=time.perf_counter() - started,

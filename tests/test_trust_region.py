@@ -186,6 +186,42 @@ def test_cg_never_accepts_a_line_minimum_above_its_start_and_bounds_steps():
 
 
 @pytest.mark.slow
+def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
+    """A CG trial step that puts two atoms almost on top of each other prints forces of 10^6 eV/A, whose
+    fixed-width OUTCAR columns run together (OH/Ni(111) of the held-out set on the stand-in DFT did):
+    ASE cannot parse that frame, and the run's step count and answer must still come out."""
+    from ase.build import add_adsorbate, fcc111
+    from ase.constraints import FixAtoms
+    from ase.io import read
+    from conftest import MOCK_VASP
+
+    from finetuna_core.relax import read_vasp_relaxation, relax_vasp_cg
+
+    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    slab.pbc = True
+    slab.set_constraint(FixAtoms(indices=list(range(4))))
+    (tmp_path / "mock_vasp.json").write_text('{"backend": "emt"}')
+    result = relax_vasp_cg(slab, str(tmp_path), MOCK_VASP, fmax=0.05, nsw=60)
+    assert result.status == "converged" and result.parent_calls >= 3
+
+    outcar = tmp_path / "OUTCAR"
+    lines = outcar.read_text().splitlines(keepends=True)
+    blocks = [i for i, line in enumerate(lines) if "TOTAL-FORCE" in line]
+    row = blocks[1] + 2  # the first atom of the second ionic step, after the header and its dashes
+    x, y, z = (float(v) for v in lines[row].split()[:3])
+    lines[row] = f"{x:13.5f}{y:13.5f}{z:13.5f}{-2159605.5:14.6f}{762318.6875:14.6f}{1204096.875:14.6f}\n"
+    assert "762318.6875001204096.875000" in lines[row]
+    outcar.write_text("".join(lines))
+    with pytest.raises(ValueError):
+        read(outcar, format="vasp-out", index=":")
+
+    steps, final, scf_steps = read_vasp_relaxation(tmp_path)
+    assert steps == result.parent_calls and scf_steps == result.scf_iterations
+    assert final.get_potential_energy() == pytest.approx(result.energy)
+
+
+@pytest.mark.slow
 def test_driver_keeps_every_step_inside_the_trust_radius():
     """With step_within_radius no point, surrogate or parent, lies beyond the radius of its segment.
 
