@@ -94,6 +94,8 @@ def _per_system(data: dict) -> list[str]:
              if any("exact_calls" in r for r in rows) else [])
     match = ([("match_calls", "start-match calls"), ("match_de", "start-match ΔE")]
              if any("match_calls" in r for r in rows) else [])
+    segments = ([("seg_calls", "segments calls"), ("seg_de", "segments ΔE")]
+                if any("seg_calls" in r for r in rows) else [])
     return ["Per system (ΔE = parent energy of the final point minus CG's, eV; BFGS = ASE BFGS on the parent "
             "(on the generated set only where a learner missed); default guards: uphill segments rejected, "
             "points within the uphill tolerance but with larger parent forces rejected (not better), "
@@ -101,9 +103,9 @@ def _per_system(data: dict) -> list[str]:
             "rejected, finish probes accepted/declined and finishing parent calls, how segments ended):", "",
             _table(rows, [("system", "system"), ("cg_calls", "CG calls"), ("cg_status", "CG"),
                           ("bfgs_calls", "BFGS calls"), ("bfgs_de", "BFGS ΔE"),
-                          ("new_calls", "default calls"), ("new_de", "default ΔE"), *match,
-                          ("seg_calls", "segments calls"), ("seg_de", "segments ΔE"), *exact,
-                          ("fired", "default guards fired"), ("seg_fired", "segments driver")]), ""]
+                          ("new_calls", "default calls"), ("new_de", "default ΔE"), *match, *segments, *exact,
+                          ("fired", "default guards fired"),
+                          *([("seg_fired", "segments driver")] if segments else [])]), ""]
 
 
 def build() -> str:
@@ -131,7 +133,10 @@ def build() -> str:
                          ("oc20", "OC20 systems, parent = fake VASP with SevenNet 7net-l3i5 as stand-in DFT "
                                   "(surrogate: SevenNet-0)"),
                          ("generated", "generated development set (ASE-built, OC20-like, 37-52 atoms), parent = "
-                                       "fake VASP with 7net-l3i5 as stand-in DFT (surrogate: SevenNet-0)")):
+                                       "fake VASP with 7net-l3i5 as stand-in DFT (surrogate: SevenNet-0)"),
+                         ("held-out", "held-out set (built like the generated set with another seed; no setting "
+                                      "was chosen on it), parent = fake VASP with 7net-l3i5 as stand-in DFT "
+                                      "(surrogate: SevenNet-0)")):
         data = _load(f"relaxation_{label}")
         if not data or "scores" not in data:
             continue

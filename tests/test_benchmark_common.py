@@ -87,3 +87,21 @@ def test_rescoring_a_results_file_keeps_the_machine_of_its_runs(tmp_path: Path, 
     assert json.loads(path.read_text())["machine"] == recorded
     assert {row["method"] for row in payload["scores"]} == set(methods)
     assert json.loads(path.read_text())["runs"] == runs
+
+
+def test_the_held_out_set_shares_no_system_with_the_development_set() -> None:
+    """The held-out set is built like the generated development set but from another seed: the same
+    kind of systems (adsorbate on a four-layer slab, bottom half fixed) and none of the same ones."""
+    from benchmarks.relaxation_methods import generated_systems, held_out_systems
+
+    development = generated_systems(20)
+    held_out = held_out_systems(10)
+    assert len(held_out) == 10 and not set(held_out) & set(development)
+    for atoms in held_out.values():
+        fixed = atoms.constraints[0].index
+        assert 37 <= len(atoms) <= 60 and 0 < len(fixed) < len(atoms)
+    again = held_out_systems(10)
+    assert all(np.array_equal(again[name].positions, atoms.positions) for name, atoms in held_out.items())
+    # no position is shared either: a renamed copy of a development system would not count as held out
+    development_positions = {atoms.positions.round(6).tobytes() for atoms in development.values()}
+    assert not any(atoms.positions.round(6).tobytes() in development_positions for atoms in held_out.values())
