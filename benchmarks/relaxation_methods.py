@@ -23,6 +23,10 @@ System sets:
   VASP with a stand-in "DFT": SevenNet's 7net-l3i5 model, a different (larger, l=3) model from the
   surrogate, SevenNet-0. It is not DFT: the numbers say how the methods compare on a smooth,
   realistic potential energy surface, not how they do against VASP.
+* ``generated``: the development set, 20 adsorbate-slab systems built with ASE (OC20-like elements and
+  sizes, some placed off-site), on the stand-in DFT;
+* ``held-out``: ten more built the same way from another seed, on which no setting was chosen (not in
+  the default ``--sets``: run it on purpose, with ``vasp-cg,bfgs,learner-default``);
 * any directory of structures (``--structures DIR``, files ASE can read; FixAtoms kept).
 
 Results are written after every system, and a rerun skips finished systems (``--fresh`` to redo).
