@@ -467,7 +467,7 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
     work = atoms.copy()
     work.calc = calc
     work.get_potential_energy()
-    steps, final, scf_total = read_vasp_relaxation(directory)
+    steps, final, scf_steps = read_vasp_relaxation(directory)
     resort = calc.resort
     forces = final.get_forces(apply_constraint=False)[resort]
     relaxed = atoms.copy()
@@ -482,5 +482,5 @@ def relax_vasp_cg(atoms: Atoms, directory: str, command: str | list[str], fmax: 
         fmax=parent_fmax,
         seconds=time.perf_counter() - started,
         atoms=relaxed,
-        scf_iterations=scf_total,
+        scf_iterations=scf_steps,
     )
