@@ -438,18 +438,26 @@ def relax_warm_start(atoms: Atoms, surrogate: Surrogate, parent: Calculator, fma
 def read_vasp_relaxation(directory: str | Path) -> tuple[int, Atoms, int]:
     """Ionic steps, the last ionic step's structure (VASP's order) and the SCF steps of a VASP relaxation.
 
-    Only the last OUTCAR frame is parsed and the steps are counted in OSZICAR: a trial step that put
-    two atoms almost on top of each other prints forces of 10^6 eV/A, whose fixed-width columns run
-    into each other (as real VASP's do), and ASE's parser fails on such a frame wherever it is.
+    Steps and SCF steps are counted in OSZICAR; the structure, energy (sigma -> 0) and forces come
+    from the project's OUTCAR parser, which also reads a trial step that put two atoms almost on top
+    of each other: its forces of 10^6 eV/A fill their fixed-width fields and the columns run together
+    (as real VASP's do), where ASE's parser raises on the whole file.
     """
-    from ase.io import read
+    from vasp_interactive.errors import VaspOutputIncomplete
+    from vasp_interactive.outputs import read_outcar
 
     directory = Path(directory)
     with open(directory / "OSZICAR") as handle:
         lines = handle.readlines()
     steps = sum(1 for line in lines if " F=" in line)
     scf_steps = sum(1 for line in lines if line[:4] in ("DAV:", "RMM:"))
-    final = read(directory / "OUTCAR", format="vasp-out", index=-1)
+    frames = read_outcar(directory / "OUTCAR")
+    if not frames or frames[-1].info["step"] != steps:
+        raise VaspOutputIncomplete(
+            f"{directory}: OSZICAR has {steps} ionic steps but OUTCAR's last readable structure is step "
+            f"{frames[-1].info['step'] if frames else 'none'}; the run was cut off, or its last force table "
+            "overflowed (asterisks). Rerun it, or read the files by hand", directory=str(directory))
+    final = frames[-1]
     return steps, final, scf_steps
 
 

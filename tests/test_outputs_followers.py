@@ -25,6 +25,23 @@ def test_truncated_vasp544_outcar(shared, tmp_path):
     assert step0.update() == 0 and not step0.stress  # the only step is not flushed yet
 
 
+def test_outcar_force_row_whose_fields_touch_keeps_its_step(shared, tmp_path):
+    """A force too large for a blank before it (3F14.6, two atoms 0.23 A apart) runs the columns
+    together; the step must keep its structure and forces, not vanish from ``read_outcar``."""
+    from vasp_interactive.outputs import read_outcar
+
+    text = (shared / "fixtures/vasp/vasp544_truncated/step-1/OUTCAR").read_text()
+    row = "      0.95750      0.00000      0.00000        -3.666986      0.000000      0.000001"
+    assert text.count(row) == 1
+    touching = f"      0.95750      0.00000      0.00000 {762318.6875:14.6f}{1204096.875:14.6f}{-3.5:14.6f}"
+    assert "762318.6875001204096.875000" in touching
+    (tmp_path / "OUTCAR").write_text(text.replace(row, touching))
+    frames = read_outcar(tmp_path / "OUTCAR")
+    assert len(frames) == len(read_outcar(shared / "fixtures/vasp/vasp544_truncated/step-1/OUTCAR")) == 1
+    assert frames[0].get_forces()[0] == pytest.approx([762318.6875, 1204096.875, -3.5])
+    assert frames[0].positions[0] == pytest.approx([0.9575, 0.0, 0.0])
+
+
 def test_vasprun_follower_on_truncated_file(shared):
     step1 = shared / "fixtures/vasp/vasp544_truncated/step-1"
     follower = VasprunFollower(step1 / "vasprun.xml")

@@ -17,6 +17,7 @@ from vasp_interactive.protocol import (
     StepStarted,
     StreamParser,
     Variant,
+    fixed_point_row,
     fortran_float,
 )
 
@@ -236,6 +237,26 @@ def test_spin_polarised_line_and_fortran_numbers():
     assert fortran_float("0.5-100") == pytest.approx(0.5e-100)
     with pytest.raises(ValueError):
         fortran_float("**********")
+
+
+def test_forces_that_fill_their_whole_field_are_read():
+    """At forces of 10^5-10^6 eV/A (two atoms almost on top of each other), VASP's 3F14.7 leaves no
+    blank between fields; the row is still unambiguous and must be read, not called garbage."""
+    assert fixed_point_row("762318.6875001204096.875000", (6, 6)) == [762318.6875, 1204096.875]
+    assert fixed_point_row("  -1.23456-12.34567  0.00000", (5, 5, 5)) == [-1.23456, -12.34567, 0.0]
+    with pytest.raises(ValueError):
+        fixed_point_row("762318.68750001204096.87500", (6, 6))  # the decimals do not fit the format
+    with pytest.raises(ValueError):
+        fixed_point_row("  NaN  0.0  0.0", (7, 7, 7))
+    assert np.isnan(fixed_point_row("  NaN  0.0  0.0", (7, 7, 7), finite=False)[0])
+    parser = StreamParser(2)
+    touching = [f"{762318.6875:14.7f}{-12345.1234567:14.7f}{0.5:14.7f}", "     0.1000000    -0.2000000     0.3000000"]
+    assert touching[0].startswith("762318.6875000-12345.1234567")  # no blank between them
+    lines = lines_of_step()
+    lines[3:5] = touching
+    result = [e for e in feed_all(parser, lines) if isinstance(e, StepResult)][0]
+    assert result.forces[0] == pytest.approx([762318.6875, -12345.1234567, 0.5])
+    assert result.forces[1] == pytest.approx([0.1, -0.2, 0.3])
 
 
 def test_known_failures_are_classified():

@@ -196,6 +196,7 @@ def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
     from conftest import MOCK_VASP
 
     from finetuna_core.relax import read_vasp_relaxation, relax_vasp_cg
+    from vasp_interactive.outputs import read_outcar
 
     slab = fcc111("Cu", (2, 2, 2), vacuum=5.0)
     add_adsorbate(slab, "O", 1.5, "fcc")
@@ -206,12 +207,16 @@ def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
     assert result.status == "converged" and result.parent_calls >= 3
 
     outcar = tmp_path / "OUTCAR"
+    by_ase = read(outcar, format="vasp-out", index=-1)  # on the intact file: the same answer as ASE's parser
+    assert result.energy == by_ase.get_potential_energy()
+    assert read_vasp_relaxation(tmp_path)[1].get_forces() == pytest.approx(by_ase.get_forces(apply_constraint=False),
+                                                                        abs=1e-6)
     lines = outcar.read_text().splitlines(keepends=True)
     blocks = [i for i, line in enumerate(lines) if "TOTAL-FORCE" in line]
     row = blocks[1] + 2  # the first atom of the second ionic step, after the header and its dashes
     x, y, z = (float(v) for v in lines[row].split()[:3])
-    lines[row] = f"{x:13.5f}{y:13.5f}{z:13.5f}{-2159605.5:14.6f}{762318.6875:14.6f}{1204096.875:14.6f}\n"
-    assert "762318.6875001204096.875000" in lines[row]
+    lines[row] = f"{x:13.5f}{y:13.5f}{z:13.5f}{-215960.5:14.6f}{762318.6875:14.6f}{1204096.875:14.6f}\n"
+    assert "5.00000-215960.500000 762318.6875001204096.875000" in lines[row]  # fields at full width touch
     outcar.write_text("".join(lines))
     with pytest.raises(ValueError):
         read(outcar, format="vasp-out", index=":")
@@ -219,6 +224,10 @@ def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
     steps, final, scf_steps = read_vasp_relaxation(tmp_path)
     assert steps == result.parent_calls and scf_steps == result.scf_iterations
     assert final.get_potential_energy() == pytest.approx(result.energy)
+    frames = read_outcar(outcar)  # the project's parser keeps the trial step, forces and all
+    assert len(frames) == steps
+    assert frames[1].get_forces()[0] == pytest.approx([-215960.5, 762318.6875, 1204096.875])
+    assert frames[1].positions[0] == pytest.approx([x, y, z])
 
 
 @pytest.mark.slow

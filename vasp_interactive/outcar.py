@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from ase.units import GPa
 
+from .protocol.decoder import fixed_point_row
+
 ComputedBy = Literal["dft", "ml"]  # who computed an ionic step: DFT, or the ML force field
 
 _KB_TO_EV_A3 = 0.1 * GPa
@@ -140,7 +142,6 @@ class OutcarSteps:
 
     # ------------------------------------------------------------------ pieces
     def _table_row(self, line: str) -> None:
-        words = line.split()
         if line.strip().startswith("---"):
             if self._rows:  # the closing rule
                 table = np.array(self._rows)
@@ -148,7 +149,8 @@ class OutcarSteps:
                 self._rows = None
             return
         try:
-            self._rows.append([float(w) for w in words[:6]])
+            # 3F13.5 positions, 3F14.6 forces; a NaN VASP printed is kept, for the reader to see
+            self._rows.append(fixed_point_row(line, (5, 5, 5, 6, 6, 6), finite=False))
         except ValueError:
             self._rows = None  # not a table after all
 

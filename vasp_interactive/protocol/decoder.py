@@ -10,6 +10,7 @@ anything else between the lattice and its marker is a protocol error.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -71,6 +72,28 @@ def fortran_float(text: str) -> float:
     if not np.isfinite(value):
         raise ValueError(text)
     return value
+
+
+@functools.cache
+def _touching_fields(decimals: tuple[int, ...]) -> re.Pattern:
+    return re.compile(r"\s*".join(rf"([-+]?\d*\.\d{{{d}}})" for d in decimals))
+
+
+def fixed_point_row(text: str, decimals: tuple[int, ...], *, finite: bool = True) -> list[float]:
+    """The numbers of one row VASP printed with Fortran ``F`` formats, one per entry of ``decimals``.
+
+    A value that fills its whole field leaves no blank before it: at forces of 10^6 eV/A, OUTCAR's
+    ``3F14.6`` prints ``762318.6875001204096.875000``. Such a row is split by each field's count of
+    decimals, which is unambiguous. Raises ValueError for anything else: an overflowed field
+    (asterisks), and NaN or infinity unless ``finite`` is False.
+    """
+    words = text.split()
+    if len(words) == len(decimals):
+        return [(fortran_float if finite else float)(word) for word in words]
+    match = _touching_fields(decimals).fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a row of {len(decimals)} fixed-point numbers: {text!r}")
+    return [float(group) for group in match.groups()]
 
 
 @dataclass
@@ -152,11 +175,8 @@ class StreamParser:
         return [StepStarted(after)]
 
     def _force_line(self, stripped: str) -> list[Event]:
-        words = stripped.split()
         try:
-            if len(words) != 3:
-                raise ValueError
-            self._forces.append([fortran_float(w) for w in words])
+            self._forces.append(fixed_point_row(stripped, (7, 7, 7)))  # 3F14.7
         except ValueError:
             raise VaspProtocolError(
                 f"malformed line {len(self._forces) + 1} of {self.natoms} in the FORCES block: {stripped!r} "
