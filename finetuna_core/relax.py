@@ -455,8 +455,8 @@ def read_vasp_relaxation(directory: str | Path) -> tuple[int, Atoms, int]:
     if not frames or frames[-1].info["step"] != steps:
         raise VaspOutputIncomplete(
             f"{directory}: OSZICAR has {steps} ionic steps but OUTCAR's last readable structure is step "
-            f"{frames[-1].info['step'] if frames else 'none'}; the run was cut off, or its last force table "
-            "overflowed (asterisks). Rerun it, or read the files by hand", directory=str(directory))
+            f"{frames[-1].info['step'] if frames else 'none'}: the run was cut off while writing its last step. "
+            "Rerun it", directory=str(directory))
     final = frames[-1]
     return steps, final, scf_steps
 

@@ -40,6 +40,14 @@ def test_outcar_force_row_whose_fields_touch_keeps_its_step(shared, tmp_path):
     assert len(frames) == len(read_outcar(shared / "fixtures/vasp/vasp544_truncated/step-1/OUTCAR")) == 1
     assert frames[0].get_forces()[0] == pytest.approx([762318.6875, 1204096.875, -3.5])
     assert frames[0].positions[0] == pytest.approx([0.9575, 0.0, 0.0])
+    # a force too large for its field (asterisks): the step keeps its structure, the force is unknown
+    overflowed = "      0.95750      0.00000      0.00000**************      0.000000      0.000001"
+    (tmp_path / "OUTCAR").write_text(text.replace(row, overflowed))
+    frames = read_outcar(tmp_path / "OUTCAR")
+    assert len(frames) == 1 and frames[0].positions[0] == pytest.approx([0.9575, 0.0, 0.0])
+    assert np.isnan(frames[0].get_forces()[0, 0]) and frames[0].get_forces()[1, 0] == pytest.approx(3.666986)
+    assert frames[0].get_potential_energy() == pytest.approx(read_outcar(
+        shared / "fixtures/vasp/vasp544_truncated/step-1/OUTCAR")[0].get_potential_energy())
 
 
 def test_vasprun_follower_on_truncated_file(shared):

@@ -246,9 +246,12 @@ def test_forces_that_fill_their_whole_field_are_read():
     assert fixed_point_row("  -1.23456-12.34567  0.00000", (5, 5, 5)) == [-1.23456, -12.34567, 0.0]
     with pytest.raises(ValueError):
         fixed_point_row("762318.68750001204096.87500", (6, 6))  # the decimals do not fit the format
-    with pytest.raises(ValueError):
-        fixed_point_row("  NaN  0.0  0.0", (7, 7, 7))
-    assert np.isnan(fixed_point_row("  NaN  0.0  0.0", (7, 7, 7), finite=False)[0])
+    for unprintable in ("  NaN  0.0  0.0", "**************     0.0000000     0.0000000",
+                        "     0.0000000****************************"):
+        with pytest.raises(ValueError):
+            fixed_point_row(unprintable, (7, 7, 7))
+        assert np.isnan(fixed_point_row(unprintable, (7, 7, 7), unprintable_as_nan=True)).sum() >= 1
+    assert fixed_point_row("     0.1000000****************************", (7, 7, 7), unprintable_as_nan=True)[0] == 0.1
     parser = StreamParser(2)
     touching = [f"{762318.6875:14.7f}{-12345.1234567:14.7f}{0.5:14.7f}", "     0.1000000    -0.2000000     0.3000000"]
     assert touching[0].startswith("762318.6875000-12345.1234567")  # no blank between them

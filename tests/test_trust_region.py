@@ -196,6 +196,7 @@ def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
     from conftest import MOCK_VASP
 
     from finetuna_core.relax import read_vasp_relaxation, relax_vasp_cg
+    from vasp_interactive.errors import VaspOutputIncomplete
     from vasp_interactive.outputs import read_outcar
 
     slab = fcc111("Cu", (2, 2, 2), vacuum=5.0)
@@ -228,6 +229,11 @@ def test_a_cg_run_with_an_unreadable_trial_frame_is_still_read(tmp_path):
     assert len(frames) == steps
     assert frames[1].get_forces()[0] == pytest.approx([-215960.5, 762318.6875, 1204096.875])
     assert frames[1].positions[0] == pytest.approx([x, y, z])
+    # an OUTCAR cut inside its last step: a clear error, not the step before passed off as the answer
+    cut = "".join(lines[: max(i for i, line in enumerate(lines) if "TOTAL-FORCE" in line)])
+    outcar.write_text(cut)
+    with pytest.raises(VaspOutputIncomplete, match=f"OSZICAR has {steps} ionic steps"):
+        read_vasp_relaxation(tmp_path)
 
 
 @pytest.mark.slow

@@ -149,8 +149,9 @@ class OutcarSteps:
                 self._rows = None
             return
         try:
-            # 3F13.5 positions, 3F14.6 forces; a NaN VASP printed is kept, for the reader to see
-            self._rows.append(fixed_point_row(line, (5, 5, 5, 6, 6, 6), finite=False))
+            # 3F13.5 positions, 3F14.6 forces; a force VASP could not print is NaN: the step keeps
+            # its structure and energy, and a reader sees that the force is unknown
+            self._rows.append(fixed_point_row(line, (5, 5, 5, 6, 6, 6), unprintable_as_nan=True))
         except ValueError:
             self._rows = None  # not a table after all
 

@@ -11,6 +11,7 @@ anything else between the lattice and its marker is a protocol error.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -75,25 +76,35 @@ def fortran_float(text: str) -> float:
 
 
 @functools.cache
-def _touching_fields(decimals: tuple[int, ...]) -> re.Pattern:
-    return re.compile(r"\s*".join(rf"([-+]?\d*\.\d{{{d}}})" for d in decimals))
+def _touching_fields(decimals: tuple[int, ...], overflow: bool) -> re.Pattern:
+    unprintable = r"|\*+" if overflow else ""
+    return re.compile(r"\s*".join(rf"([-+]?\d*\.\d{{{d}}}{unprintable})" for d in decimals))
 
 
-def fixed_point_row(text: str, decimals: tuple[int, ...], *, finite: bool = True) -> list[float]:
+def fixed_point_row(text: str, decimals: tuple[int, ...], *, unprintable_as_nan: bool = False) -> list[float]:
     """The numbers of one row VASP printed with Fortran ``F`` formats, one per entry of ``decimals``.
 
     A value that fills its whole field leaves no blank before it: at forces of 10^6 eV/A, OUTCAR's
     ``3F14.6`` prints ``762318.6875001204096.875000``. Such a row is split by each field's count of
-    decimals, which is unambiguous. Raises ValueError for anything else: an overflowed field
-    (asterisks), and NaN or infinity unless ``finite`` is False.
+    decimals, which is unambiguous. A value VASP could not print (asterisks where it overflowed its
+    field; NaN) raises ValueError, or reads as NaN with ``unprintable_as_nan``. Anything else that
+    is not such a row raises ValueError.
     """
+    def value(field: str) -> float:
+        if not unprintable_as_nan:
+            return fortran_float(field)
+        if not field.strip("*"):
+            return math.nan
+        number = float(field)
+        return number if math.isfinite(number) else math.nan
+
     words = text.split()
     if len(words) == len(decimals):
-        return [(fortran_float if finite else float)(word) for word in words]
-    match = _touching_fields(decimals).fullmatch(text.strip())
+        return [value(word) for word in words]
+    match = _touching_fields(decimals, unprintable_as_nan).fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not a row of {len(decimals)} fixed-point numbers: {text!r}")
-    return [float(group) for group in match.groups()]
+    return [value(group) for group in match.groups()]
 
 
 @dataclass
