@@ -81,9 +81,17 @@ def block(rows, fmt: str, prefix: str = "", suffix: str = "\n") -> str:
     return (line * len(array)) % tuple(array.ravel())
 
 
+def fits(array: np.ndarray, width: int, digits: int) -> bool:
+    """Every value prints in ``Fw.d`` without overflow (a minus sign takes one digit's place)."""
+    if not np.all(np.isfinite(array)):
+        return False
+    limit = 10.0 ** (width - digits - 2)  # the integer digits left beside the sign and the point
+    return bool(np.all((array > -limit + 0.5 * 10.0**-digits) & (array < 10 * limit - 0.5 * 10.0**-digits)))
+
+
 def vector_block(rows) -> str:
     """Rows of ``3F14.7`` (forces, echoed positions), asterisks where a value overflows."""
     array = np.asarray(rows, dtype=float)
-    if np.all(np.isfinite(array)) and np.abs(array).max(initial=0.0) < 1e6:
+    if fits(array, 14, 7):
         return block(array, "%14.7f%14.7f%14.7f")
     return "".join(vector_line(row) + "\n" for row in array)

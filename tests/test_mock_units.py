@@ -147,3 +147,24 @@ def test_mock_vasp_has_no_import_cycle():
     for name in graph:
         visit(name, ())
     assert max(len(path.read_text().splitlines()) for path in names) <= 400
+
+
+def test_fixed_width_numbers_overflow_where_fortran_would():
+    """Python's %14.7f widens a number that does not fit; Fortran prints asterisks, and a minus sign
+    takes a digit's place. The fake prints what VASP would, and the driver's reader reads it back."""
+    from mock_vasp.fortran import vector_block
+    from mock_vasp.outputs.outcar import _force_table
+    from vasp_interactive.protocol import fixed_point_row
+
+    rows = vector_block([[-99999.9999999, 999999.9999999, 0.5], [-100000.0, 0.0, 0.0]]).splitlines()
+    assert rows == ["-99999.9999999999999.9999999     0.5000000", "**************     0.0000000     0.0000000"]
+    assert fixed_point_row(rows[0], (7, 7, 7)) == pytest.approx([-99999.9999999, 999999.9999999, 0.5])
+    with pytest.raises(ValueError):
+        fixed_point_row(rows[1], (7, 7, 7))
+    table = _force_table(" POSITION    TOTAL-FORCE (eV/Angst)", np.array([[0.9575, 0.0, 0.0], [1.0, 2.0, 3.0]]),
+                         np.array([[-215960.5, 762318.6875, 1204096.875], [-1e6, 2e7, 1.0]])).splitlines()
+    assert table[4].endswith("-215960.500000 762318.6875001204096.875000")
+    assert table[5].endswith("****************************      1.000000")
+    assert fixed_point_row(table[4], (5, 5, 5, 6, 6, 6)) == pytest.approx(
+        [0.9575, 0.0, 0.0, -215960.5, 762318.6875, 1204096.875])
+    assert np.isnan(fixed_point_row(table[5], (5, 5, 5, 6, 6, 6), unprintable_as_nan=True)[3:5]).all()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EmulatedVersion
-from ..fortran import block, fortran_e
+from ..fortran import block, fits, fortran_e, fortran_f
 from ..inputs.job import Job
 from ..physics.scf import ScfLine
 from .outfiles import BlockFile, IonicResult
@@ -44,9 +44,14 @@ def _force_table(header: str, cartesian: np.ndarray, forces: np.ndarray) -> str:
     """The POSITION / TOTAL-FORCE table with its rules and the total drift."""
     rule = " " + "-" * 83 + "\n"
     drift = forces.sum(axis=0)
-    return ("\n\n" + header + "\n" + rule
-            + block(np.hstack([cartesian, forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f") + rule
-            + "    total drift:                         " + "".join(f"{x:14.6f}" for x in drift) + "\n\n\n")
+    if fits(cartesian, 13, 5) and fits(forces, 14, 6):
+        rows = block(np.hstack([cartesian, forces]), "%13.5f%13.5f%13.5f   %14.6f%14.6f%14.6f")
+    else:  # a force too large for F14.6 prints as asterisks, as VASP's does
+        rows = "".join("".join(fortran_f(x, 13, 5) for x in position) + "   "
+                       + "".join(fortran_f(f, 14, 6) for f in force) + "\n"
+                       for position, force in zip(cartesian, forces))
+    return ("\n\n" + header + "\n" + rule + rows + rule
+            + "    total drift:                         " + "".join(fortran_f(x, 14, 6) for x in drift) + "\n\n\n")
 
 
 class OutcarWriter:
