@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     parser.parse_args(argv)
     costs = interface_costs(load("scf_interfaces"))
     rows = []
-    for label in ("emt", "oc20", "generated"):
+    for label in ("emt", "oc20", "generated", "held-out"):
         data = load(f"relaxation_{label}")
         if not data:
             continue

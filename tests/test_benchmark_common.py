@@ -95,12 +95,15 @@ def test_the_held_out_set_shares_no_system_with_the_development_set() -> None:
     from benchmarks.relaxation_methods import generated_systems, held_out_systems
 
     development = generated_systems(20)
-    held_out = held_out_systems(10)
-    assert len(held_out) == 10 and not set(held_out) & set(development)
+    held_out = held_out_systems()
+    assert len(held_out) == 20 and not set(held_out) & set(development)
+    first_ten = held_out_systems(10)  # the set grew from ten systems: the first ten are the same ones
+    assert list(first_ten) == list(held_out)[:10]
+    assert all(np.array_equal(first_ten[name].positions, held_out[name].positions) for name in first_ten)
     for atoms in held_out.values():
         fixed = atoms.constraints[0].index
         assert 37 <= len(atoms) <= 60 and 0 < len(fixed) < len(atoms)
-    again = held_out_systems(10)
+    again = held_out_systems()
     assert all(np.array_equal(again[name].positions, atoms.positions) for name, atoms in held_out.items())
     # no position is shared either: a renamed copy of a development system would not count as held out
     development_positions = {atoms.positions.round(6).tobytes() for atoms in development.values()}
