@@ -124,12 +124,13 @@ def read_vasp_relaxation(directory: str | Path) -> tuple[int, Atoms, int]:
     """
     from vasp_interactive.errors import VaspOutputIncomplete
     from vasp_interactive.outputs import read_outcar
+    from vasp_interactive.protocol import is_scf_line
 
     directory = Path(directory)
     with open(directory / "OSZICAR") as handle:
         lines = handle.readlines()
     steps = sum(1 for line in lines if " F=" in line)
-    scf_steps = sum(1 for line in lines if line[:4] in ("DAV:", "RMM:"))
+    scf_steps = sum(1 for line in lines if is_scf_line(line))
     frames = read_outcar(directory / "OUTCAR")
     if not frames or frames[-1].info["step"] != steps:
         raise VaspOutputIncomplete(

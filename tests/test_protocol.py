@@ -19,6 +19,7 @@ from vasp_interactive.protocol import (
     Variant,
     fixed_point_row,
     fortran_float,
+    is_scf_line,
 )
 
 # Real VASP 5.4.4 stdout (fixture vasp544_truncated/step-1/vasp.out, H2): the version line, then
@@ -233,6 +234,9 @@ def test_spin_polarised_line_and_fortran_numbers():
     result = [e for e in events if isinstance(e, StepResult)][0]
     assert result.magnetization == pytest.approx(1.2345)
     assert fortran_float("-.62323928E+01") == pytest.approx(-6.2323928)
+    assert all(is_scf_line(line) for line in lines_of_step()[:2])
+    assert is_scf_line("CG:   3    -0.65291948E+01   -0.1E-03   -0.2E-03    32   0.1E-01")
+    assert not is_scf_line(lines_of_step()[-1]) and not is_scf_line("FORCES:")
     assert fortran_float("0.1D-02") == pytest.approx(1e-3)
     assert fortran_float("0.5-100") == pytest.approx(0.5e-100)
     with pytest.raises(ValueError):

@@ -21,7 +21,7 @@ by the prompt it prints and the marker that acknowledges the client's input:
 """
 
 from .capability import LatticeCapability, update_capability
-from .decoder import Phase, StreamParser, fixed_point_row, fortran_float, lattice_echo_mismatch
+from .decoder import Phase, StreamParser, fixed_point_row, fortran_float, is_scf_line, lattice_echo_mismatch
 from .encoder import StructureReply, format_lattice, format_poscar_record, format_positions
 from .events import (
     ACCEPTED,
@@ -63,6 +63,7 @@ __all__ = [
     "Variant",
     "fixed_point_row",
     "fortran_float",
+    "is_scf_line",
     "format_lattice",
     "format_poscar_record",
     "format_positions",

@@ -75,6 +75,12 @@ def fortran_float(text: str) -> float:
     return value
 
 
+def is_scf_line(line: str) -> bool:
+    """One electronic (SCF) step as VASP prints it on stdout and in OSZICAR, for any algorithm
+    (``DAV:``, ``RMM:``, ``CG:``, ...)."""
+    return _SCF.match(line) is not None
+
+
 @functools.cache
 def _touching_fields(decimals: tuple[int, ...], overflow: bool) -> re.Pattern:
     unprintable = r"|\*+" if overflow else ""
