@@ -7,10 +7,21 @@ import math
 import numpy as np
 
 
+def non_finite(value: float, width: int) -> str:
+    """A NaN or infinity as Fortran prints it in a numeric field: ``NaN``, ``Infinity`` or ``Inf``
+    (a minus sign before a negative infinity), right-justified; asterisks where even that does not fit."""
+    if math.isnan(value):
+        text = "NaN"
+    else:
+        sign = "-" if value < 0 else ""
+        text = sign + ("Infinity" if width >= len(sign) + 8 else "Inf")
+    return text.rjust(width) if len(text) <= width else "*" * width
+
+
 def fortran_e(value: float, width: int, digits: int) -> str:
     """Fortran ``Ew.d``: mantissa in [0.1, 1), e.g. -0.502267845488E+01 (leading 0 dropped if tight)."""
     if not math.isfinite(value):
-        return "*" * width
+        return non_finite(value, width)
     if value == 0.0:
         mantissa, exponent = 0.0, 0
     else:
@@ -36,7 +47,7 @@ def fortran_e(value: float, width: int, digits: int) -> str:
 def fortran_f(value: float, width: int, digits: int) -> str:
     """Fortran ``Fw.d``: asterisks when the number does not fit, as VASP prints overflows."""
     if not math.isfinite(value):
-        return "*" * width
+        return non_finite(value, width)
     text = f"{value:{width}.{digits}f}"
     if len(text) > width:
         return "*" * width
@@ -90,7 +101,7 @@ def fits(array: np.ndarray, width: int, digits: int) -> bool:
 
 
 def vector_block(rows) -> str:
-    """Rows of ``3F14.7`` (forces, echoed positions), asterisks where a value overflows."""
+    """Rows of ``3F14.7`` (forces, echoed positions), asterisks where a value overflows, ``NaN`` for a NaN."""
     array = np.asarray(rows, dtype=float)
     if fits(array, 14, 7):
         return block(array, "%14.7f%14.7f%14.7f")

@@ -168,3 +168,14 @@ def test_fixed_width_numbers_overflow_where_fortran_would():
     assert fixed_point_row(table[4], (5, 5, 5, 6, 6, 6)) == pytest.approx(
         [0.9575, 0.0, 0.0, -215960.5, 762318.6875, 1204096.875])
     assert np.isnan(fixed_point_row(table[5], (5, 5, 5, 6, 6, 6), unprintable_as_nan=True)[3:5]).all()
+    # a NaN or an infinity is not an overflow: Fortran prints NaN / Infinity / Inf, right-justified
+    from mock_vasp.fortran import fortran_e, fortran_f
+
+    assert vector_block([[np.nan, -np.inf, np.inf]]) == "           NaN     -Infinity      Infinity\n"
+    assert fortran_e(np.nan, 14, 8) == "           NaN" and fortran_f(-np.inf, 8, 3) == "    -Inf"
+    assert fortran_f(np.nan, 2, 1) == "**"  # too narrow even for NaN
+    table = _force_table(" POSITION    TOTAL-FORCE (eV/Angst)", np.array([[1.0, 2.0, 3.0]]),
+                         np.array([[762318.6875, 1204096.875, np.nan]])).splitlines()
+    assert table[4].endswith("762318.6875001204096.875000           NaN")
+    read = fixed_point_row(table[4], (5, 5, 5, 6, 6, 6), unprintable_as_nan=True)
+    assert read[:5] == pytest.approx([1.0, 2.0, 3.0, 762318.6875, 1204096.875]) and np.isnan(read[5])

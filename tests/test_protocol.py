@@ -256,6 +256,12 @@ def test_forces_that_fill_their_whole_field_are_read():
             fixed_point_row(unprintable, (7, 7, 7))
         assert np.isnan(fixed_point_row(unprintable, (7, 7, 7), unprintable_as_nan=True)).sum() >= 1
     assert fixed_point_row("     0.1000000****************************", (7, 7, 7), unprintable_as_nan=True)[0] == 0.1
+    # NaN and infinities as Fortran prints them, also beside a field that fills its width
+    beside = "762318.6875001204096.875000     -Infinity"
+    with pytest.raises(ValueError):
+        fixed_point_row(beside, (6, 6, 6))
+    read = fixed_point_row(beside, (6, 6, 6), unprintable_as_nan=True)
+    assert read[:2] == [762318.6875, 1204096.875] and np.isnan(read[2])
     parser = StreamParser(2)
     touching = [f"{762318.6875:14.7f}{-12345.1234567:14.7f}{0.5:14.7f}", "     0.1000000    -0.2000000     0.3000000"]
     assert touching[0].startswith("762318.6875000-12345.1234567")  # no blank between them

@@ -83,7 +83,7 @@ def is_scf_line(line: str) -> bool:
 
 @functools.cache
 def _touching_fields(decimals: tuple[int, ...], overflow: bool) -> re.Pattern:
-    unprintable = r"|\*+" if overflow else ""
+    unprintable = r"|\*+|NaN|[-+]?Inf(?:inity)?" if overflow else ""
     return re.compile(r"\s*".join(rf"([-+]?\d*\.\d{{{d}}}{unprintable})" for d in decimals))
 
 
@@ -93,8 +93,8 @@ def fixed_point_row(text: str, decimals: tuple[int, ...], *, unprintable_as_nan:
     A value that fills its whole field leaves no blank before it: at forces of 10^6 eV/A, OUTCAR's
     ``3F14.6`` prints ``762318.6875001204096.875000``. Such a row is split by each field's count of
     decimals, which is unambiguous. A value VASP could not print (asterisks where it overflowed its
-    field; NaN) raises ValueError, or reads as NaN with ``unprintable_as_nan``. Anything else that
-    is not such a row raises ValueError.
+    field; ``NaN``, ``Infinity`` as Fortran prints them) raises ValueError, or reads as NaN with
+    ``unprintable_as_nan``. Anything else that is not such a row raises ValueError.
     """
     def value(field: str) -> float:
         if not unprintable_as_nan:
