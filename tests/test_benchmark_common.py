@@ -70,6 +70,22 @@ def test_default_rows_from_before_the_split_say_their_rejections_are_mixed() -> 
     assert _guards(new) == new["extra"]["guards"]
 
 
+def test_the_paper_learners_are_reported_per_system_with_how_an_unconverged_run_ended() -> None:
+    from benchmarks.report import _paper_per_system
+
+    def run(calls, energy, status="converged"):
+        return {"parent_calls": calls, "energy": energy, "status": status}
+
+    data = {"runs": {"a": {"vasp-cg": run(40, -1.0), "learner-relax-only": run(5, -0.5, "max-steps"),
+                           "learner-k-steps": run(6, -1.001)},
+                     "b": {"vasp-cg": {"error": "boom"}, "learner-relax-only": run(3, -2.0)}}}
+    lines = "\n".join(_paper_per_system(data)).splitlines()
+    table = [line for line in lines if line.startswith("| a ")]
+    assert table == ["| a | 40 | 5 | +0.5 (max-steps) | 6 | -0.001 |"]  # no uncertainty column: it never ran
+    assert not any(line.startswith("| b ") for line in lines)  # no CG to compare with
+    assert _paper_per_system({"runs": {"a": {"vasp-cg": run(40, -1.0)}}}) == []
+
+
 def test_rescoring_a_results_file_keeps_the_machine_of_its_runs(tmp_path: Path, monkeypatch) -> None:
     import json
 
