@@ -36,7 +36,7 @@ from .query import AnyRule, PolicyName, make_policy
 from .result import RelaxResult, RelaxStatus, best_converged, scf_total
 from .surrogates.base import LabelledPoint
 from .trust import TrustRegion
-from .trust_driver import TrustDriverSettings, relax_trust_region
+from .trust_driver import TrustDriverSettings, relax_trust_region, solve_segment
 
 __all__ = ["OPTIMIZERS", "PAPER_DRIVER", "PAPER_SETTINGS", "SEGMENTS_SETTINGS", "START_MATCH_SETTINGS",
            "CountingCalculator", "Driver",
@@ -77,6 +77,14 @@ class Guards:
       ``fmax``. If the finish instead found a parent point ``reopen_margin`` lower than that answer
       but not yet below ``fmax`` (the converged point sat on a shoulder the finish slid down), the
       relaxation goes on from there as before the finish, up to ``finish_reopen_limit`` times;
+    * ``finish_probe_gain``: during the finish, every accepted parent point below ``fmax`` is
+      first put to the model (forces exact there): relaxed from it to fmax/3 within
+      ``finish_probe_radius`` (or the trust radius, if larger), without the parent. If the model
+      reaches fmax/3 inside that radius less than ``finish_probe_gain`` lower, the point is the
+      answer and the run ends (unless the finish has found lower unconverged ground, see above);
+      otherwise (more gain, the radius reached, or the model's descent stalled) the finish goes on
+      as before. A point on a shoulder or near a saddle shows the model lower ground, a
+      minimum does not, and the parent call that confirmed a minimum is saved. 0 switches it off;
     * ``tight_model_target``: the optimizer relaxes the model to the finish's threshold
       (``finish_fmax_ratio`` x fmax) from the start, not to ``fmax`` first, so the parent only
       ever verifies a point the model calls relaxed to fmax/3. The finishing phase begins at the
@@ -109,6 +117,8 @@ class Guards:
     finish_min_gain: float = 1e-3  # eV
     finish_reopen_limit: int = 2
     reopen_margin: float = 5e-3  # eV
+    finish_probe_gain: float = 1e-3  # eV
+    finish_probe_radius: float = 0.3  # Angstrom
     progress_patience: int = 0
     progress_min_gain: float = 1e-3  # eV
     tight_model_target: bool = True
@@ -120,6 +130,8 @@ class Guards:
             raise ValueError(f"finish_parent_calls must be >= 0, got {self.finish_parent_calls}")
         if self.finish_patience < 0 or self.finish_min_gain < 0:
             raise ValueError("finish_patience and finish_min_gain must be >= 0")
+        if self.finish_probe_gain < 0 or self.finish_probe_radius <= 0:
+            raise ValueError("finish_probe_gain must be >= 0 and finish_probe_radius > 0")
         if self.finish_reopen_limit < 0 or self.reopen_margin < 0:
             raise ValueError("finish_reopen_limit and reopen_margin must be >= 0")
         if self.progress_patience < 0 or self.progress_min_gain < 0:
@@ -225,6 +237,27 @@ def found_lower_ground(points: list[LabelledPoint], fmax: float, guards: Guards)
     return best is None or lowest.energy < best.energy - guards.reopen_margin
 
 
+# the finish probe's model solve: patient, since on a flat shoulder the model's energy falls slowly
+PROBE_SETTINGS = TrustDriverSettings(stall_steps=50)
+
+
+def model_sees_no_lower_ground(learner: OnlineLearner, fmax: float, guards: Guards,
+                               hessian_from: int = 0) -> tuple[bool, int]:
+    """The finish's probe (``Guards.finish_probe_gain``) from the segment's start, a converged parent point.
+
+    Returns whether the model, relaxed from there (BFGS, its Hessian from the parent points), reached
+    ``finish_fmax_ratio`` x ``fmax`` inside the probe radius less than the probe's gain lower, and the
+    model steps that took. A probe that ended otherwise (on the radius, or stalled: on a flat
+    shoulder the model's energy falls by less than the stall gain per step) says nothing: the
+    finish goes on.
+    """
+    start = learner.segment_start
+    radius = max(guards.finish_probe_radius, learner.trust_radius)
+    hessian = [p for p in learner.parent_points[hessian_from:] if p is not start] + [start]
+    probe = solve_segment(learner, start, radius, fmax * guards.finish_fmax_ratio, PROBE_SETTINGS, hessian)
+    return probe.reason == "model minimum" and probe.predicted_drop < guards.finish_probe_gain, probe.steps
+
+
 def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: str | type = "bfgs",
           maxstep: float = 0.2, steps: int = 1000, max_parent_calls: int | None = None,
           rebuild_hessian: bool = True, trajectory: str | None = None, logfile: str | None = None,
@@ -253,7 +286,9 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     seen_events = learner.parent_events
     status: RelaxStatus = "max-steps"
     fired = {"rejected_uphill": 0, "rejected_not_better": 0, "finish_phase": 0, "finish_parent_calls": 0,
-             "verify_convergence": 0, "hessian_restart": 0, "finish_reopened": 0}
+             "finish_probe_accepted": 0, "finish_probe_declined": 0, "verify_convergence": 0, "hessian_restart": 0,
+             "finish_reopened": 0}
+    probe_steps = 0
     finish_calls_before = 0  # finishing calls of earlier (reopened) finishing phases
     # the model relaxed to the finish's threshold from the start (Guards.tight_model_target)
     early_finish = guards.tight_finish and guards.tight_model_target and guards.finish_fmax_ratio < 1
@@ -296,6 +331,16 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                 if finish_from is not None:
                     finishing = learner.parent_call_count - finish_from
                     fired["finish_parent_calls"] = finish_calls_before + finishing
+                    if (new_point and guards.finish_probe_gain > 0 and last is not None and last.source == "parent"
+                            and last.extra.get("trust_verdict") != "rejected"
+                            and fmax * guards.finish_fmax_ratio <= point_fmax(learner.segment_start) < fmax
+                            and not found_lower_ground(learner.parent_points, fmax, guards)):
+                        confirmed, steps_taken = model_sees_no_lower_ground(learner, fmax, guards, hessian_from)
+                        probe_steps += steps_taken
+                        fired["finish_probe_accepted" if confirmed else "finish_probe_declined"] += 1
+                        if confirmed:
+                            status = "converged"
+                            break
                     if (finishing >= guards.finish_parent_calls
                             or (new_point and finish_stalled(learner.parent_points, finish_from, guards))):
                         if (fired["finish_reopened"] < guards.finish_reopen_limit
@@ -347,5 +392,5 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
         seconds=time.perf_counter() - started,
         atoms=final.atoms.copy() if final else None,
         scf_iterations=scf_total(learner.parent),
-        extra={**learner.summary(), "optimizer_steps": opt.nsteps, "guards": fired},
+        extra={**learner.summary(), "optimizer_steps": opt.nsteps, "probe_model_steps": probe_steps, "guards": fired},
     )

@@ -280,6 +280,50 @@ def test_tight_finish_stops_when_the_parent_energy_stops_falling():
     assert not finish_stalled(points([-1.0, -1.0100, -1.0101]), 2, guards)
 
 
+def test_the_finish_ends_on_a_converged_point_where_the_model_sees_no_lower_ground():
+    """A well 4 eV/A^2 stiff, a surrogate 5: the model's first minimum from 0.025 A is 0.005 A, where the
+    parent's force is 0.02 eV/A, below fmax but above fmax/3. The model, exact in forces there and
+    relaxed on, promises 0.01 meV: the point is the answer (2 parent calls). Without the probe the
+    finish spends a third call to gain 0.05 meV."""
+    from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.relax import Guards, learner_setup, relax
+
+    def run(energy, surrogate_energy, x, guards):
+        setup = learner_setup()
+        learner = OnlineLearner(AnalyticParent(energy), AnalyticSurrogate(surrogate_energy), setup.policy,
+                                settings=setup.settings)
+        return relax(lone_atom(x), learner, fmax=0.03, steps=300, max_parent_calls=20, guards=guards)
+
+    def well(positions):
+        return 2.0 * float(np.sum(positions[0] ** 2))
+
+    def stiffer(positions):
+        return 2.5 * float(np.sum(positions[0] ** 2))
+
+    probed = run(well, stiffer, 0.025, Guards())
+    assert probed.converged and 0.01 <= probed.fmax < 0.03 and probed.parent_calls == 2
+    assert probed.extra["guards"]["finish_probe_accepted"] == 1 and probed.extra["probe_model_steps"] >= 1
+    unprobed = run(well, stiffer, 0.025, Guards(finish_probe_gain=0.0))
+    assert unprobed.parent_calls == 3 and unprobed.extra["guards"]["finish_probe_accepted"] == 0
+    assert probed.energy - unprobed.energy < 1e-4
+
+    # a gentle slope: 0.02 eV/A at the start (below fmax), the minimum 1 A away and 10 meV lower. The
+    # model sees the lower ground and the finish goes on, as far as it would without the probe
+    def slope(positions):
+        x, y, z = positions[0]
+        return -0.02 * x + 0.01 * x**2 + 2.0 * (y**2 + z**2)
+
+    on_slope = run(slope, slope, 0.0, Guards())
+    assert on_slope.extra["guards"]["finish_probe_declined"] >= 1
+    assert on_slope.extra["guards"]["finish_probe_accepted"] == 0
+    assert on_slope.converged and on_slope.energy < -0.007
+    assert on_slope.energy == pytest.approx(run(slope, slope, 0.0, Guards(finish_probe_gain=0.0)).energy, abs=1e-6)
+    with pytest.raises(ValueError, match="finish_probe"):
+        Guards(finish_probe_radius=0.0)
+
+
 def test_hessian_restarts_when_parent_calls_stop_lowering_the_energy():
     from ase import Atoms
 
