@@ -72,13 +72,18 @@ def _guards(result: dict) -> dict:
     return guards
 
 
+def _systems_with_cg(data: dict):
+    """``(system, runs, CG's run)`` for every system whose CG baseline ran (the per-system tables' rows)."""
+    for system, runs in data["runs"].items():
+        cg = runs.get("vasp-cg")
+        if cg and "error" not in cg:
+            yield system, runs, cg
+
+
 def _per_system(data: dict) -> list[str]:
     """Per system: the default and the segments learner against CG and BFGS, and what their drivers did."""
     rows = []
-    for system, runs in data["runs"].items():
-        cg = runs.get("vasp-cg")
-        if not cg or "error" in cg:
-            continue
+    for system, runs, cg in _systems_with_cg(data):
         row = {"system": system, "cg_calls": cg.get("parent_calls"), "cg_status": cg.get("status")}
         for method, key in (("learner-default", "new"), ("learner-start-match", "match"), ("learner-segments", "seg"),
                             ("bfgs", "bfgs"), (EXACT_PRIOR, "exact")):
@@ -118,10 +123,7 @@ PAPER_LEARNERS = (("learner-relax-only", "relax-only"), ("learner-k-steps", "k-s
 def _paper_per_system(data: dict) -> list[str]:
     """Per system: the paper's learners against CG (calls, ΔE, and how a run ended when not converged)."""
     rows = []
-    for system, runs in data["runs"].items():
-        cg = runs.get("vasp-cg")
-        if not cg or "error" in cg:
-            continue
+    for system, runs, cg in _systems_with_cg(data):
         row = {"system": system, "cg_calls": cg.get("parent_calls")}
         for method, key in PAPER_LEARNERS:
             result = runs.get(method)

@@ -173,6 +173,11 @@ def learner_setup(query: Literal["default", "start-match", "segments"] | PolicyN
     return LearnerSetup(make_policy(query, fmax=fmax, **policy_options), PAPER_SETTINGS, PAPER_DRIVER)
 
 
+def _replay_order(learner: OnlineLearner, point: LabelledPoint, hessian_from: int = 0) -> list[LabelledPoint]:
+    """The parent points a BFGS Hessian is rebuilt from, ``point`` last (from index ``hessian_from`` on)."""
+    return [p for p in learner.parent_points[hessian_from:] if p is not point] + [point]
+
+
 def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: LabelledPoint | None,
                  rebuild_hessian: bool = True, hessian_from: int = 0) -> None:
     """Put the optimizer on ``point`` with its Hessian rebuilt from the parent points (``point`` last).
@@ -186,8 +191,7 @@ def _resume_from(atoms: Atoms, optimizer, learner: OnlineLearner, point: Labelle
         if getattr(optimizer, "v", None) is not None:  # FIRE: momentum from a rejected segment is void
             optimizer.v = None
     if rebuild_hessian and isinstance(optimizer, BFGS):
-        points = [p for p in learner.parent_points[hessian_from:] if p is not point] + [point]
-        rebuild_bfgs_hessian(optimizer, points)
+        rebuild_bfgs_hessian(optimizer, _replay_order(learner, point, hessian_from))
 
 
 def _step_limit(atoms: Atoms, learner: OnlineLearner, maxstep: float) -> float:
@@ -253,8 +257,8 @@ def model_sees_no_lower_ground(learner: OnlineLearner, fmax: float, guards: Guar
     """
     start = learner.segment_start
     radius = max(guards.finish_probe_radius, learner.trust_radius)
-    hessian = [p for p in learner.parent_points[hessian_from:] if p is not start] + [start]
-    probe = solve_segment(learner, start, radius, fmax * guards.finish_fmax_ratio, PROBE_SETTINGS, hessian)
+    probe = solve_segment(learner, start, radius, fmax * guards.finish_fmax_ratio, PROBE_SETTINGS,
+                          _replay_order(learner, start, hessian_from))
     return probe.reason == "model minimum" and probe.predicted_drop < guards.finish_probe_gain, probe.steps
 
 
