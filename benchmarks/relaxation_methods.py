@@ -300,7 +300,7 @@ def run_method(method: str, atoms, workdir: Path, settings: dict, surrogates: di
         result.method = method
         data = result.to_dict()
         data["seconds_finetune"] = learner.summary()["seconds_finetune"]
-        # model inference: the learner's own predictions plus the segments driver's model solves
+        # model inference: the learner's own predictions plus the segments driver's and the finish probe's solves
         data["seconds_predict"] = (learner.summary()["seconds_predict"] + result.extra.get("seconds_segments", 0.0)
                                    + result.extra.get("seconds_probe", 0.0))
         data["seconds_probe"] = result.extra.get("seconds_probe", 0.0)

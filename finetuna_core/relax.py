@@ -292,7 +292,7 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
     fired = {"rejected_uphill": 0, "rejected_not_better": 0, "finish_phase": 0, "finish_parent_calls": 0,
              "finish_probe_accepted": 0, "finish_probe_declined": 0, "verify_convergence": 0, "hessian_restart": 0,
              "finish_reopened": 0}
-    probe_steps = 0
+    probe_steps, probe_seconds = 0, 0.0  # the finish probe's model steps and their time
     finish_calls_before = 0  # finishing calls of earlier (reopened) finishing phases
     # the model relaxed to the finish's threshold from the start (Guards.tight_model_target)
     early_finish = guards.tight_finish and guards.tight_model_target and guards.finish_fmax_ratio < 1
@@ -339,7 +339,9 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
                             and last.extra.get("trust_verdict") != "rejected"
                             and fmax * guards.finish_fmax_ratio <= point_fmax(learner.segment_start) < fmax
                             and not found_lower_ground(learner.parent_points, fmax, guards)):
+                        probe_started = time.perf_counter()
                         confirmed, steps_taken = model_sees_no_lower_ground(learner, fmax, guards, hessian_from)
+                        probe_seconds += time.perf_counter() - probe_started
                         probe_steps += steps_taken
                         fired["finish_probe_accepted" if confirmed else "finish_probe_declined"] += 1
                         if confirmed:
@@ -396,5 +398,6 @@ def relax(atoms: Atoms, learner: OnlineLearner, fmax: float = 0.03, optimizer: s
         seconds=time.perf_counter() - started,
         atoms=final.atoms.copy() if final else None,
         scf_iterations=scf_total(learner.parent),
-        extra={**learner.summary(), "optimizer_steps": opt.nsteps, "probe_model_steps": probe_steps, "guards": fired},
+        extra={**learner.summary(), "optimizer_steps": opt.nsteps, "probe_model_steps": probe_steps,
+               "seconds_probe": probe_seconds, "guards": fired},
     )
