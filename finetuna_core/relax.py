@@ -14,7 +14,7 @@ segments learner and the paper's variants.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -50,12 +50,17 @@ Driver = Literal["optimizer", "segments"]
 
 # the paper's learner: the refit surrogate alone (no start match), fitted on forces
 PAPER_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="none"), fit="forces", energy_weight=0.0)
+# the default's earlier trust rule (a 2 meV noise band): the start-match and segments learners keep
+# it, as they were measured with it
+PREVIOUS_TRUST_RULE = TrustRegion(energy_noise=2e-3)
 # the default without the checked local GP and without energy rows (the default until 2026-12-06)
-START_MATCH_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="start-match"), energy_weight=0.0)
+START_MATCH_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="start-match"), energy_weight=0.0,
+                                       trust_region=PREVIOUS_TRUST_RULE)
 # the segments learner: the start match plus the local GP, the refit fitting force changes
 # not-better rejections cost the segments driver calls (CO/Cu(111) 41 -> 50): its probes judge the end
 SEGMENTS_SETTINGS = LearnerSettings(correction=CorrectionSettings(kind="local-gp"), fit="changes",
-                                    trust_region=TrustRegion(reject_worse_forces=False), energy_weight=0.0)
+                                    trust_region=replace(PREVIOUS_TRUST_RULE, reject_worse_forces=False),
+                                    energy_weight=0.0)
 
 
 @dataclass(frozen=True)

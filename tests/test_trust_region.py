@@ -45,17 +45,17 @@ def test_a_rejected_segment_stopped_by_the_minimum_radius_shrinks_it_whatever_th
 
 
 def test_a_point_within_the_uphill_tolerance_is_rejected_only_if_its_forces_are_worse_too():
-    """+0.6 meV and fmax 0.039 -> 0.098: worse on both counts, rejected (a run otherwise shuttles back)."""
-    worse = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
+    """+0.3 meV and fmax 0.039 -> 0.098: worse on both counts, rejected (a run otherwise shuttles back)."""
+    worse = update_radius(SETTINGS, 0.014, parent_change=3e-4, predicted_change=-4e-4, segment_length=0.014,
                           start_fmax=0.039, new_fmax=0.098)
     assert worse.verdict == "rejected" and worse.rejection == "not-better" and worse.radius == pytest.approx(0.007)
-    flatter = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014,
+    flatter = update_radius(SETTINGS, 0.014, parent_change=3e-4, predicted_change=-4e-4, segment_length=0.014,
                             start_fmax=0.098, new_fmax=0.039)
     assert flatter.verdict == "keep" and flatter.radius == 0.014 and flatter.rejection is None
-    lower = update_radius(SETTINGS, 0.014, parent_change=-6e-4, predicted_change=-8e-4, segment_length=0.014,
+    lower = update_radius(SETTINGS, 0.014, parent_change=-3e-4, predicted_change=-4e-4, segment_length=0.014,
                           start_fmax=0.039, new_fmax=0.098)
     assert lower.verdict == "keep"
-    unknown = update_radius(SETTINGS, 0.014, parent_change=6e-4, predicted_change=-8e-4, segment_length=0.014)
+    unknown = update_radius(SETTINGS, 0.014, parent_change=3e-4, predicted_change=-4e-4, segment_length=0.014)
     assert unknown.verdict == "keep"
 
 
@@ -113,12 +113,22 @@ def test_ratio_decides_between_shrink_keep_and_grow():
     # a good ratio on a short segment (the optimizer stopped before the radius): no reason to grow
     short = update_radius(SETTINGS, 0.2, parent_change=-0.19, predicted_change=-0.2, segment_length=0.05)
     assert short.verdict == "keep"
+    # the default reads a ratio from changes of 0.5 meV up (a flat valley walked 1.2 meV per segment,
+    # as the model predicted, grows the radius); the earlier 2 meV band, which the start-match and
+    # segments learners keep, did not
+    from finetuna_core.relax import PREVIOUS_TRUST_RULE, SEGMENTS_SETTINGS, START_MATCH_SETTINGS
+
+    assert update_radius(TrustRegion(), 0.075, -1.2e-3, -1.5e-3, 0.075).verdict == "grow"
+    assert update_radius(PREVIOUS_TRUST_RULE, 0.075, -1.2e-3, -1.5e-3, 0.075).verdict == "keep"
+    assert update_radius(TrustRegion(), 0.075, -3e-4, -4e-4, 0.075).verdict == "keep"
+    assert START_MATCH_SETTINGS.trust_region == PREVIOUS_TRUST_RULE
+    assert SEGMENTS_SETTINGS.trust_region.energy_noise == PREVIOUS_TRUST_RULE.energy_noise
 
 
 def test_radius_stays_within_bounds_and_noise_is_ignored():
     assert update_radius(SETTINGS, 0.5, -0.5, -0.5, 0.5).radius == 0.5
     assert update_radius(SETTINGS, 0.05, -1e-3, -1.0, 0.05).radius == 0.05
-    assert update_radius(SETTINGS, 0.2, -1e-4, -5e-4, 0.2).verdict == "keep"  # both below energy_noise
+    assert update_radius(SETTINGS, 0.2, -1e-4, -4e-4, 0.2).verdict == "keep"  # both below energy_noise
 
 
 def test_bad_trust_region_settings_are_rejected():
@@ -493,6 +503,15 @@ def test_where_the_gp_mispredicts_the_default_ends_as_low_as_the_start_match():
     assert checked.converged and match.converged and always.converged
     assert always.energy > match.energy + 0.005  # the failure the check is for
     assert checked.energy == pytest.approx(match.energy, abs=1e-3)
+    # and that is where BFGS on the parent ends (growing the radius from rho 0.5 instead of 0.75
+    # carried the default over a ripple into a basin 32 meV higher)
+    from ase.optimize import BFGS
+    from helpers import AnalyticParent, lone_atom
+
+    atoms = lone_atom(0.0)
+    atoms.calc = AnalyticParent(parent)
+    BFGS(atoms, logfile=None).run(fmax=0.03, steps=200)
+    assert checked.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-3)
 
 
 
