@@ -17,9 +17,10 @@ EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whos
                     "first point, the trust radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard "
                     "calls, the verification and the tight finish, one call where the verification lands below "
                     "fmax/3): the floor that no better prior can go below with this driver. Its rows were measured "
-                    "with the default driver before the finish probe (2026-12-06), which ends a run on a converged "
-                    "point the model confirms: read off those runs' logs, it would save the exact prior about 7 of "
-                    "its 74 calls on OC20, so this floor is a little high.")
+                    "with the default driver before the finish probe and the trust rule's 0.5 meV noise band (both "
+                    "2026-12-06); the probe ends a run on a converged point the model confirms: read off those runs' "
+                    "logs, it would save the exact prior about 7 of its 74 calls on OC20, so this floor is a little "
+                    "high.")
 
 
 START_MATCH_NOTE = (" `learner-start-match` is the default learner without its checked local GP and without the "
@@ -226,9 +227,10 @@ def build() -> str:
                 "returned, surrogate inference, driver). Python share = that time over the projected total. A speed-up "
                 "counts only with its accuracy (column `accuracy`, same rule as section 2). Seconds are medians per "
                 "run as measured in each method's own benchmark runs on the 2-core machine, whose load differed: "
-                "learner-default's runs ran as two benchmark processes with a test run beside them for most of their "
-                "first 40 minutes (its inference and driver seconds are the most inflated), several other rows were "
-                "measured beside two to four processes. "
+                "learner-default's runs ran as two benchmark processes with test runs beside them for most of their "
+                "time (its inference and driver seconds are the most inflated; since 2026-12-06 the finish probe's "
+                "model steps count as inference, not driver time), several other rows were measured beside two "
+                "to four processes. "
                 "Contention only adds "
                 "time, so each inference figure is an upper bound, and a comparison between methods holds only where "
                 "the loads were alike.", "",
