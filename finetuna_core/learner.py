@@ -25,7 +25,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from .correction import CorrectionSettings, GPCheck, ModelCorrection, ParentValues, SurrogateValues, near_enough
-from .parents import PausableParent, compute
+from .parents import PausableParent, ReportsScfTolerance, compute
 from .query import AnyRule, QueryContext, make_policy
 from .store import RunStore
 from .surrogates.base import FineTuneReport, LabelledPoint, Prediction, Surrogate, free_atom_mask
@@ -173,6 +173,7 @@ class OnlineLearner(Calculator):
         self.trust_radius = self.settings.trust_region.initial
         self.verify_fmax: float | None = None  # set by a driver to tighten relax-only (its final phase)
         self.trust_updates: list[TrustUpdate] = []
+        self.energy_noise: float | None = None  # the trust rule's noise band with this parent (trust_rule)
         self._steps_since_parent = 0
         self._parent_events = 0
         self._start_index: int | None = None  # the segment's start: the newest accepted parent point
@@ -359,10 +360,12 @@ class OnlineLearner(Calculator):
         """Radius after the newest point (already stored), which becomes the segment's start."""
         start = self.segment_start
         newest = len(self.store.points) - 1
+        rule = self.trust_rule(len(atoms))
+        self.energy_noise = rule.energy_noise
         if start is None or self._start_prediction is None:
-            update = update_radius(self.settings.trust_region, self.trust_radius, None, None, 0.0)
+            update = update_radius(rule, self.trust_radius, None, None, 0.0)
         else:
-            update = update_radius(self.settings.trust_region, self.trust_radius, energy - start.energy,
+            update = update_radius(rule, self.trust_radius, energy - start.energy,
                                    prediction.energy - self._start_prediction, largest_move(atoms, start.atoms),
                                    start_fmax=point_fmax(start), new_fmax=parent_fmax)
         self.trust_radius = update.radius
@@ -370,6 +373,13 @@ class OnlineLearner(Calculator):
         self._previous_start_index = self._start_index
         self._start_index = newest
         return update
+
+    def trust_rule(self, n_atoms: int) -> TrustRegion:
+        """The trust region's settings with this parent: the noise band widened to the parent's SCF
+        precision where it reports one (:meth:`TrustRegion.for_parent_precision`)."""
+        tolerance = (self.parent.scf_energy_tolerance(n_atoms) if isinstance(self.parent, ReportsScfTolerance)
+                     else None)
+        return self.settings.trust_region.for_parent_precision(tolerance)
 
     def reject_newest(self) -> LabelledPoint | None:
         """Make the previous segment start (the point before a rejected one) the start again.
@@ -507,6 +517,7 @@ class OnlineLearner(Calculator):
             "seconds_predict": sum(r.seconds_predict for r in self.records),
             "reasons": [r.reason for r in parent],
             "trust_verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+            "energy_noise": self.energy_noise,
             # per parent call: why it was asked, what it did to the trust region, how well the
             # model had predicted it (the record's extras), so a run can be diagnosed from its result
             "parent_log": [{"step": r.step, "source": r.source, "reason": r.reason, "energy": r.energy,

@@ -1,5 +1,6 @@
 """Parent (DFT) calculators: by name (the fake VASP, a real VASP, EMT, or any ASE calculator), and
-the optional abilities the learner uses where a parent has them (pause/resume, close).
+the optional abilities the learner uses where a parent has them (pause/resume, close, its SCF
+energy tolerance).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ class ClosableParent(Protocol):
     """A parent that holds a process or files until closed."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsScfTolerance(Protocol):
+    """A parent that says how precise its energies are (``VaspInteractive``: its EDIFF)."""
+
+    def scf_energy_tolerance(self, n_atoms: int) -> float: ...
 
 
 def compute(parent: Calculator, atoms: Atoms) -> tuple[float, np.ndarray]:

@@ -26,23 +26,28 @@ forces-only refit can be far off, its energy *differences* along a short path fo
 * otherwise, or when both changes are within ``energy_noise``: keep. The band is a few times the
   parent's SCF precision (VASP's energies are converged to EDIFF, 1e-4 eV in the benchmarks): at
   2 meV, a flat valley walked at 0.05-0.075 A, 1.2 meV per segment as the model predicted, never
-  grew the radius (CHO-Au3Zn100: 36 such calls); keep it at least 5 x EDIFF. (Growing after two such
-  segments in a row that went downhill as predicted, to walk soft descents worth a few meV per
-  segment faster, was measured and saved nothing: the longer segments left the noise with ratios
-  of 0.1-0.6 and shrank again; CHO-Au3Zn100 47 -> 47 calls, OH-Ir100 81 -> 84, EMT set 217 -> 217.)
+  grew the radius (CHO-Au3Zn100: 36 such calls); keep it at least 5 x EDIFF (the learner widens
+  it so for a parent that reports its EDIFF: :meth:`TrustRegion.for_parent_precision`). The
+  rejection rules are not widened: a rejection in the noise costs a call, an accepted rise could
+  cost the answer. (Growing after two such segments in a row that went downhill as predicted, to
+  walk soft descents worth a few meV per segment faster, was measured and saved nothing: the
+  longer segments left the noise with ratios of 0.1-0.6 and shrank again; CHO-Au3Zn100 47 -> 47
+  calls, OH-Ir100 81 -> 84, EMT set 217 -> 217.)
 
 Pure: no I/O, no surrogate, no parent; testable on numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Verdict = Literal["first", "rejected", "shrink", "grow", "keep"]
 # why a point was rejected: more than the uphill tolerance above the start, or above it within the
 # tolerance with a larger parent fmax
 Rejection = Literal["uphill", "not-better"]
+#: the noise band is at least this many times the parent's own SCF energy tolerance
+NOISE_PER_SCF_TOLERANCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,16 @@ class TrustRegion:
     rejection_floor: float = 0.005
     # reject a point above the start (within the uphill tolerance) whose parent fmax rose too
     reject_worse_forces: bool = True
+
+    def for_parent_precision(self, scf_tolerance: float | None) -> TrustRegion:
+        """These settings for a parent whose energies are converged to ``scf_tolerance`` (eV; VASP's EDIFF).
+
+        The noise band becomes ``NOISE_PER_SCF_TOLERANCE`` times that where this is wider (a VASP run
+        with EDIFF = 1e-3 gets a 5 meV band); None (a parent that does not say, EMT) keeps them.
+        """
+        if scf_tolerance is None or NOISE_PER_SCF_TOLERANCE * scf_tolerance <= self.energy_noise:
+            return self
+        return replace(self, energy_noise=NOISE_PER_SCF_TOLERANCE * scf_tolerance)
 
     def __post_init__(self) -> None:
         if not 0 < self.rejection_floor <= self.minimum:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
@@ -123,6 +125,48 @@ def test_ratio_decides_between_shrink_keep_and_grow():
     assert update_radius(TrustRegion(), 0.075, -3e-4, -4e-4, 0.075).verdict == "keep"
     assert START_MATCH_SETTINGS.trust_region == PREVIOUS_TRUST_RULE
     assert SEGMENTS_SETTINGS.trust_region.energy_noise == PREVIOUS_TRUST_RULE.energy_noise
+
+
+def test_the_noise_band_follows_the_parents_scf_precision(tmp_path):
+    """A parent whose energies are converged to EDIFF = 1e-3 eV gets a 5 meV band: a 1.2 meV fall where
+    1.5 was predicted says nothing about the model there. VASP's default EDIFF, a tighter one, and a
+    parent that does not report one (EMT) keep the default's 0.5 meV. The rejection rules stay."""
+    from helpers import AnalyticParent, AnalyticSurrogate, lone_atom
+
+    from finetuna_core.learner import OnlineLearner
+    from finetuna_core.parents import ReportsScfTolerance
+    from finetuna_core.relax import learner_setup, relax
+    from vasp_interactive import VaspInteractive
+
+    default = TrustRegion()
+    loose = default.for_parent_precision(1e-3)
+    assert loose.energy_noise == pytest.approx(5e-3)
+    assert loose.uphill_tolerance == default.uphill_tolerance and loose.minimum == default.minimum
+    assert default.for_parent_precision(1e-4) == default == default.for_parent_precision(None)
+    assert update_radius(default, 0.075, -1.2e-3, -1.5e-3, 0.075).verdict == "grow"
+    assert update_radius(loose, 0.075, -1.2e-3, -1.5e-3, 0.075).verdict == "keep"
+    assert update_radius(loose, 0.075, 2e-3, -1.5e-3, 0.075).verdict == "rejected"
+
+    def vasp(**parameters):
+        return VaspInteractive(command=sys.executable, directory=tmp_path, txt=None, **parameters)  # never run
+
+    assert isinstance(vasp(), ReportsScfTolerance) and not isinstance(EMT(), ReportsScfTolerance)
+    assert vasp().scf_energy_tolerance(40) == pytest.approx(1e-4)  # VASP's default EDIFF
+    assert vasp(ediff=1e-3).scf_energy_tolerance(40) == pytest.approx(1e-3)
+    assert vasp(ediff_per_atom=2e-5).scf_energy_tolerance(40) == pytest.approx(8e-4)
+
+    class LooseParent(AnalyticParent):
+        def __new__(cls, energy):
+            parent = AnalyticParent(energy)
+            parent.scf_energy_tolerance = lambda n_atoms: 1e-3
+            return parent
+
+    setup = learner_setup()
+    for parent, band in ((LooseParent(soft_well), 5e-3), (AnalyticParent(soft_well), 5e-4)):
+        learner = OnlineLearner(parent, AnalyticSurrogate(stiff_well), setup.policy, settings=setup.settings)
+        assert learner.trust_rule(1).energy_noise == pytest.approx(band)
+        result = relax(lone_atom(0.0), learner, fmax=0.03, steps=1000, max_parent_calls=60, guards=setup.guards)
+        assert result.converged and learner.summary()["energy_noise"] == pytest.approx(band)
 
 
 def test_radius_stays_within_bounds_and_noise_is_ignored():

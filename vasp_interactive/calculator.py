@@ -31,6 +31,7 @@ from .settings import FORCED_TAGS, InteractiveSettings, MlSteps, PauseSettings, 
 
 COMMAND_VARIABLES = ("ASE_VASP_COMMAND", "VASP_COMMAND")
 _OWN_KEYWORDS = ("command", "directory", "txt", "settings", "timeouts", "pause", "restart", "ml_steps")
+VASP_DEFAULT_EDIFF = 1e-4  # eV, VASP's EDIFF when INCAR leaves it out
 
 
 class _Holder:
@@ -399,6 +400,17 @@ class VaspInteractive(Calculator):
             "its files in blocks while it waits for input. Stress cannot be streamed with it; rebuild VASP "
             "with unbuffered output (e.g. FORT_BUFFERED=false / GFORTRAN_UNBUFFERED_ALL=1) or avoid cell "
             "relaxations", directory=str(self.directory))
+
+    def scf_energy_tolerance(self, n_atoms: int) -> float:
+        """VASP's EDIFF for ``n_atoms`` atoms (eV): how far apart two of its energies may be by SCF alone.
+
+        ``ediff`` as given, ``ediff_per_atom`` (ASE's) times ``n_atoms``, else VASP's default 1e-4.
+        """
+        if self.vasp_parameters.get("ediff") is not None:
+            return float(self.vasp_parameters["ediff"])
+        if self.vasp_parameters.get("ediff_per_atom") is not None:
+            return float(self.vasp_parameters["ediff_per_atom"]) * n_atoms
+        return VASP_DEFAULT_EDIFF
 
     # ------------------------------------------------------------------ pausing and closing
     @property
