@@ -57,7 +57,7 @@ def test_relaxation_with_emt_parent(surrogate, tmp_path):
 @pytest.mark.slow
 def test_relaxation_with_fake_vasp_parent_pauses_it(surrogate, tmp_path):
     surrogate.reset()
-    with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "vasp", xc="PBE", kpts=(1, 1, 1)) as vasp:
+    with VaspInteractive(command=MOCK_VASP, directory=tmp_path / "vasp", xc="PBE", kpts=(1, 1, 1), ediff=2e-4) as vasp:
         learner = OnlineLearner(vasp, surrogate, directory=str(tmp_path))
         result = relax(adsorbate_on_slab(), learner, fmax=0.03, steps=400)
         assert vasp.session.paused  # VASP stays stopped while the surrogate works
@@ -65,6 +65,7 @@ def test_relaxation_with_fake_vasp_parent_pauses_it(surrogate, tmp_path):
     assert len(learner.pause_reports) == result.parent_calls
     assert all(report.paused and report.verified for report in learner.pause_reports)
     assert result.scf_iterations > 0
+    assert result.extra["energy_noise"] == pytest.approx(5 * 2e-4)  # the trust rule's band from this EDIFF
     reference = result.atoms.copy()
     reference.calc = EMT()
     assert result.energy == pytest.approx(reference.get_potential_energy() + 0.5 * 0.05 * len(reference) * 0.04,
