@@ -374,6 +374,8 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     methods = tuple(m for m in methods if applicable(m, settings))
     previous = json.loads(out.read_text()) if out.exists() and not fresh else {}
     runs = previous.get("runs", {})  # finished (system, method) runs are kept whatever is asked now
+    # with --fresh the rows on disk now are stale: only a row another process writes from now on counts
+    stale = _on_disk(out).get("runs", {}) if fresh else {}
     done = sum(all(m in runs.get(name, {}) for m in methods) for name in systems)
     print(f"\n{label}: {len(systems)} systems x {len(methods)} methods "
           f"({done} systems already done, rerun with --fresh to redo)", flush=True)
@@ -397,7 +399,8 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
         with tempfile.TemporaryDirectory() as tmp:
             for method in missing:
                 elsewhere = _saved_run(out, name, method)
-                if elsewhere is not None:  # a parallel benchmark process finished it meanwhile
+                if elsewhere is not None and elsewhere != stale.get(name, {}).get(method):
+                    # a parallel benchmark process finished it meanwhile
                     runs[name][method] = elsewhere
                     if progress:
                         progress.update(1)

@@ -105,6 +105,34 @@ def test_rescoring_a_results_file_keeps_the_machine_of_its_runs(tmp_path: Path, 
     assert json.loads(path.read_text())["runs"] == runs
 
 
+def test_fresh_reruns_the_runs_on_disk_and_a_plain_rerun_skips_them(tmp_path: Path, monkeypatch) -> None:
+    """``--fresh`` redoes a system whose rows the results file holds (they used to be taken back from the
+    file as if a parallel process had just finished them); without it they are kept and nothing runs."""
+    import json
+
+    from ase.build import molecule
+
+    import benchmarks.relaxation_methods as rm
+
+    old = {"method": "bfgs", "status": "converged", "parent_calls": 9, "energy": -1.0, "fmax": 0.01}
+    path = tmp_path / "relaxation_emt.json"
+    path.write_text(json.dumps({"runs": {"a": {"bfgs": old}}}))
+    monkeypatch.setattr(rm, "RESULTS", tmp_path)
+    monkeypatch.setattr(rm, "figures", lambda *args: [])
+    ran = []
+
+    def run_method(method, atoms, workdir, settings, surrogates):
+        ran.append(method)
+        return {**old, "parent_calls": 7}
+
+    monkeypatch.setattr(rm, "run_method", run_method)
+    systems = {"a": molecule("H2O")}
+    rm.run_set("emt", systems, {"backend": "emt"}, ("bfgs",), {}, fresh=False)
+    assert ran == [] and json.loads(path.read_text())["runs"]["a"]["bfgs"]["parent_calls"] == 9
+    rm.run_set("emt", systems, {"backend": "emt"}, ("bfgs",), {}, fresh=True)
+    assert ran == ["bfgs"] and json.loads(path.read_text())["runs"]["a"]["bfgs"]["parent_calls"] == 7
+
+
 def test_the_held_out_set_shares_no_system_with_the_development_set() -> None:
     """The held-out set is built like the generated development set but from another seed: the same
     kind of systems (adsorbate on a four-layer slab, bottom half fixed) and none of the same ones."""
