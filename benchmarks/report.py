@@ -17,10 +17,6 @@ EXACT_PRIOR_NOTE = (f" `{EXACT_PRIOR}` is not a method: the default learner whos
                     "first point, the trust radius growing from 0.2 A, 0.5 A segments on long paths, stall-guard "
                     "calls, the verification and the tight finish, one call where the verification lands below "
                     "fmax/3): the floor that no better prior can go below with this driver.")
-# sets whose exact-prior rows come from an earlier default driver (the rerun did not fit a session yet)
-EXACT_PRIOR_OLDER = {"generated": " On this set its rows were measured with the default driver before the finish "
-                                  "probe and the trust rule's 0.5 meV noise band (both 2026-12-06), which saved the "
-                                  "exact prior calls on OC20 and EMT: this floor is a little high."}
 
 
 START_MATCH_NOTE = (" `learner-start-match` is the default learner without its checked local GP and without the "
@@ -182,8 +178,7 @@ def build() -> str:
                 "Each method is scored on the systems it ran on (column `systems`). ASE's GPMin refits a Gaussian "
                 "process over all points at every step, so its cost grows steeply with steps and atoms; a GPMin "
                 "run stops after 600 s and is then left out of the ratios and accuracy (column `time-capped`)."
-                + (EXACT_PRIOR_NOTE + EXACT_PRIOR_OLDER.get(label, "")
-                   if any(EXACT_PRIOR in r for r in data["runs"].values()) else "")
+                + (EXACT_PRIOR_NOTE if any(EXACT_PRIOR in r for r in data["runs"].values()) else "")
                 + (START_MATCH_NOTE if any("learner-start-match" in r for r in data["runs"].values()) else ""),
                 "", _table(data["scores"], [("method", "method"), ("systems", "systems"), ("ratio_mean", "calls/CG"),
                                             ("ratio_sem", "sem"), ("ratio_pooled", "pooled"),
