@@ -374,8 +374,13 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     methods = tuple(m for m in methods if applicable(m, settings))
     previous = json.loads(out.read_text()) if out.exists() and not fresh else {}
     runs = previous.get("runs", {})  # finished (system, method) runs are kept whatever is asked now
-    # with --fresh the rows on disk now are stale: only a row another process writes from now on counts
+    # with --fresh the rows on disk now are stale: only a row written from now on (by this process or a
+    # parallel one; every save takes in the file's rows) counts as finished
     stale = _on_disk(out).get("runs", {}) if fresh else {}
+
+    def finished_run(name: str, method: str, row: dict | None) -> bool:
+        return row is not None and row != stale.get(name, {}).get(method)
+
     done = sum(all(m in runs.get(name, {}) for m in methods) for name in systems)
     print(f"\n{label}: {len(systems)} systems x {len(methods)} methods "
           f"({done} systems already done, rerun with --fresh to redo)", flush=True)
@@ -391,7 +396,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
     ran = False  # whether this process added a run (else the file keeps the machine it names)
     for name, atoms in systems.items():
         finished = runs.setdefault(name, {})
-        missing = [m for m in methods if m not in finished]
+        missing = [m for m in methods if not finished_run(name, m, finished.get(m))]
         if progress:
             progress.update(len(methods) - len(missing))
         if not missing:
@@ -399,7 +404,7 @@ def run_set(label: str, systems: dict, settings: dict, methods, surrogates: dict
         with tempfile.TemporaryDirectory() as tmp:
             for method in missing:
                 elsewhere = _saved_run(out, name, method)
-                if elsewhere is not None and elsewhere != stale.get(name, {}).get(method):
+                if finished_run(name, method, elsewhere):
                     # a parallel benchmark process finished it meanwhile
                     runs[name][method] = elsewhere
                     if progress:

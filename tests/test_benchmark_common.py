@@ -106,8 +106,8 @@ def test_rescoring_a_results_file_keeps_the_machine_of_its_runs(tmp_path: Path, 
 
 
 def test_fresh_reruns_the_runs_on_disk_and_a_plain_rerun_skips_them(tmp_path: Path, monkeypatch) -> None:
-    """``--fresh`` redoes a system whose rows the results file holds (they used to be taken back from the
-    file as if a parallel process had just finished them); without it they are kept and nothing runs."""
+    """``--fresh`` redoes every system whose rows the results file holds (they used to be taken back from
+    the file as if a parallel process had just finished them); without it they are kept and nothing runs."""
     import json
 
     from ase.build import molecule
@@ -116,7 +116,7 @@ def test_fresh_reruns_the_runs_on_disk_and_a_plain_rerun_skips_them(tmp_path: Pa
 
     old = {"method": "bfgs", "status": "converged", "parent_calls": 9, "energy": -1.0, "fmax": 0.01}
     path = tmp_path / "relaxation_emt.json"
-    path.write_text(json.dumps({"runs": {"a": {"bfgs": old}}}))
+    path.write_text(json.dumps({"runs": {"a": {"bfgs": old}, "b": {"bfgs": old}}}))
     monkeypatch.setattr(rm, "RESULTS", tmp_path)
     monkeypatch.setattr(rm, "figures", lambda *args: [])
     ran = []
@@ -126,11 +126,14 @@ def test_fresh_reruns_the_runs_on_disk_and_a_plain_rerun_skips_them(tmp_path: Pa
         return {**old, "parent_calls": 7}
 
     monkeypatch.setattr(rm, "run_method", run_method)
-    systems = {"a": molecule("H2O")}
+    systems = {"a": molecule("H2O"), "b": molecule("NH3")}
     rm.run_set("emt", systems, {"backend": "emt"}, ("bfgs",), {}, fresh=False)
-    assert ran == [] and json.loads(path.read_text())["runs"]["a"]["bfgs"]["parent_calls"] == 9
+    assert ran == [] and json.loads(path.read_text())["runs"]["b"]["bfgs"]["parent_calls"] == 9
+    # the second system too: saving the first takes the file's rows in, the stale ones among them
     rm.run_set("emt", systems, {"backend": "emt"}, ("bfgs",), {}, fresh=True)
-    assert ran == ["bfgs"] and json.loads(path.read_text())["runs"]["a"]["bfgs"]["parent_calls"] == 7
+    assert ran == ["bfgs", "bfgs"]
+    assert {name: row["bfgs"]["parent_calls"] for name, row in json.loads(path.read_text())["runs"].items()} == {
+        "a": 7, "b": 7}
 
 
 def test_the_held_out_set_shares_no_system_with_the_development_set() -> None:
